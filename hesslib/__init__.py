@@ -1,0 +1,16 @@
+"""hesslib: loss-landscape convergence in a Hessian low-dimensional space.
+
+The modules follow the method: data -> models -> training -> Hessian -> subspace -> estimators -> plots.
+"""
+
+__version__ = "0.1.0"
+
+from .data import DATASETS, Dataset, load_dataset, read_idx  # noqa: E402
+from .models import MODELS, make_model, num_params  # noqa: E402
+from .training import TrainRecord, evaluate, train  # noqa: E402
+
+__all__ = [
+    "DATASETS", "Dataset", "load_dataset", "read_idx",
+    "MODELS", "make_model", "num_params",
+    "TrainRecord", "evaluate", "train",
+]

@@ -1,0 +1,108 @@
+"""Content-addressed, atomically written caches under ``data/cache``.
+
+Every cached result is keyed by a SHA-256 of its full configuration (a JSON-able dict, which always includes
+the library version), written to a temporary file and renamed into place, and validated on load: a file that
+cannot be read back completely is deleted and recomputed, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+
+DEFAULT_CACHE_DIR = Path("data") / "cache"
+
+
+def config_key(config: dict[str, Any]) -> str:
+    """Stable 16-hex-digit key of a configuration (sorted-key JSON plus the library version)."""
+    payload = json.dumps({"hesslib": __version__, **config}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path`` and rename it into place only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_torch(path: Path, obj: Any) -> None:
+    """Atomically ``torch.save`` an object."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_torch(path: Path) -> Any | None:
+    """Load a ``torch.save`` file; a missing file gives None, a corrupt one is deleted and gives None."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # truncated / corrupt: recompute instead of trusting it
+        path.unlink(missing_ok=True)
+        return None
+
+
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Atomically write a compressed ``.npz``."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+    atomic_write(path, write)
+
+
+def load_npz(path: Path, required: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """Load every array of an ``.npz``; None (and the file removed) if it is missing a key or corrupt."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        if not all(name in arrays for name in required):
+            raise KeyError("missing arrays")
+        return arrays
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        path.unlink(missing_ok=True)
+        return None
+
+
+def cached(
+    kind: str,
+    config: dict[str, Any],
+    compute: Callable[[], Any],
+    *,
+    cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
+    validate: Callable[[Any], bool] | None = None,
+) -> Any:
+    """Return ``compute()``, memoised in ``cache_dir/kind-<key>.pt`` (``cache_dir=None`` disables caching)."""
+    if cache_dir is None:
+        return compute()
+    path = Path(cache_dir) / f"{kind}-{config_key({'kind': kind, **config})}.pt"
+    obj = load_torch(path)
+    if obj is not None and isinstance(obj, dict) and obj.get("config") == config:
+        if validate is None or validate(obj["value"]):
+            return obj["value"]
+    value = compute()
+    save_torch(path, {"config": config, "value": value})
+    return value

@@ -1,0 +1,28 @@
+"""Per-sample losses ℓ(f(x), y); a batch loss is their mean, so L_k is a mean of per-sample losses too."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+LOSSES = ("cross_entropy", "mse")
+
+
+def check_loss(loss: str) -> str:
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    return loss
+
+
+def per_sample_loss(out: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    """Per-sample loss, shape [n]: cross-entropy on integer labels, or squared error averaged over outputs.
+
+    For ``"mse"`` integer labels are one-hot encoded; float targets must match ``out``'s shape. The plain
+    expression ``((out - y) ** 2).mean(-1)`` is used instead of ``F.mse_loss``, which fails under ``jvp`` of
+    ``grad`` ("ZeroTensors are immutable").
+    """
+    if loss == "cross_entropy":
+        return F.cross_entropy(out, y, reduction="none")
+    if not y.is_floating_point():
+        y = F.one_hot(y, out.shape[-1]).to(out.dtype)
+    return ((out - y.reshape(out.shape)) ** 2).mean(-1)

@@ -1,0 +1,66 @@
+"""The paper's three model families as plain ``nn.Module``s (no BatchNorm, no dropout).
+
+* ``"linear"``: the single-layer MLP, a softmax regression ``in -> classes``;
+* ``"mlp"``: the multi-layer MLP, default ``in-256-256-classes`` with ReLU (269,322 parameters on MNIST, as in
+  the original code);
+* ``"cnn"``: a small CNN, two 3x3 conv + ReLU + 2x2 max-pool stages and a linear head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+MODELS = ("linear", "mlp", "cnn")
+
+
+def make_model(
+    name: str,
+    input_shape: Sequence[int],
+    num_classes: int = 10,
+    *,
+    hidden: Sequence[int] = (256, 256),
+    channels: Sequence[int] = (8, 16),
+    seed: int | None = None,
+) -> nn.Module:
+    """Build model ``name`` for inputs of shape ``input_shape`` (C x H x W); ``seed`` fixes its initialisation.
+
+    ``hidden`` sets the MLP's hidden widths, ``channels`` the CNN's conv widths (ignored by other models).
+    """
+    if name not in MODELS:
+        raise ValueError(f"model name must be one of {MODELS}, got {name!r}")
+    if len(input_shape) != 3 or min(input_shape) < 1:
+        raise ValueError(f"input_shape must be (C, H, W) with positive sizes, got {tuple(input_shape)}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    if any(h < 1 for h in hidden) or any(c < 1 for c in channels):
+        raise ValueError(f"hidden and channels must be positive widths, got {tuple(hidden)}, {tuple(channels)}")
+    if seed is not None:
+        torch.manual_seed(seed)
+    c, h, w = input_shape
+    if name == "linear":
+        return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, num_classes))
+    if name == "mlp":
+        widths = [c * h * w, *hidden]
+        layers: list[nn.Module] = [nn.Flatten()]
+        for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+        layers.append(nn.Linear(widths[-1], num_classes))
+        return nn.Sequential(*layers)
+    layers = []
+    in_ch = c
+    for out_ch in channels:
+        layers += [nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.ReLU()]
+        if h >= 2 and w >= 2:
+            layers.append(nn.MaxPool2d(2))
+            h, w = h // 2, w // 2
+        in_ch = out_ch
+    layers += [nn.Flatten(), nn.Linear(in_ch * h * w, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def num_params(model: nn.Module) -> int:
+    """Number of trainable parameters M."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,148 @@
+"""Deterministic, cached training of w* (Adam by default, as in the paper).
+
+Training shuffles its mini-batches with a seeded generator; that order only affects how w* is found. The
+ANALYSIS order (k counts batches) is always the dataset's fixed order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .cache import DEFAULT_CACHE_DIR, cached
+from .data import Dataset, load_dataset
+from .losses import check_loss, per_sample_loss
+from .models import make_model
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass
+class TrainRecord:
+    """What a training run produced besides the weights."""
+
+    config: dict
+    loss_curve: list[float] = field(default_factory=list)  # mean training loss of each epoch
+    train_loss: float = float("nan")  # final loss over the whole training set (eval mode)
+    train_accuracy: float = float("nan")
+    test_loss: float | None = None
+    test_accuracy: float | None = None
+    num_params: int = 0
+    seconds: float = 0.0
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Dataset, *, loss: str = "cross_entropy", chunk: int = 4096,
+             device: str | torch.device = "cpu") -> tuple[float, float]:
+    """(mean loss, accuracy) of ``model`` over ``data``, in chunks of ``chunk`` samples."""
+    model.eval()
+    total, correct = 0.0, 0
+    for start in range(0, len(data), chunk):
+        X = data.X[start : start + chunk].to(device)
+        y = data.y[start : start + chunk].to(device)
+        out = model(X)
+        total += per_sample_loss(out, y, loss).sum().item()
+        correct += (out.argmax(-1) == y).sum().item()
+    return total / len(data), correct / len(data)
+
+
+def train(
+    dataset: str = "mnist5k",
+    *,
+    model: str = "mlp",
+    limit: int | None = None,
+    holdout: int = 0,
+    root: str | Path = "data",
+    hidden: Sequence[int] = (256, 256),
+    channels: Sequence[int] = (8, 16),
+    loss: str = "cross_entropy",
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    epochs: int = 10,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
+    progress: bool = True,
+) -> tuple[nn.Module, TrainRecord]:
+    """Train ``model`` on the first ``limit`` samples of ``dataset``; return (model in eval mode, record).
+
+    Test metrics use the dataset's test split when it has one, else the LAST ``holdout`` samples of the
+    train split (which must not overlap the first ``limit``). Results are cached under ``cache_dir`` keyed by
+    the full configuration; ``cache_dir=None`` always retrains.
+    """
+    check_loss(loss)
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if epochs < 0 or batch_size < 1 or lr <= 0 or holdout < 0:
+        raise ValueError(
+            f"need epochs >= 0, batch_size >= 1, lr > 0 and holdout >= 0; got epochs={epochs}, "
+            f"batch_size={batch_size}, lr={lr}, holdout={holdout}"
+        )
+    full = load_dataset(dataset, root=root)
+    data = load_dataset(dataset, root=root, limit=limit)
+    if holdout:
+        if len(data) + holdout > len(full):
+            raise ValueError(
+                f"holdout must be <= {len(full) - len(data)} (samples left after limit={limit}), got {holdout}"
+            )
+        test = Dataset(full.X[-holdout:], full.y[-holdout:], f"{dataset}-holdout")
+    else:
+        try:
+            test = load_dataset(dataset, root=root, split="test")
+        except (ValueError, FileNotFoundError):
+            test = None
+    config = dict(
+        dataset=dataset, limit=len(data), holdout=holdout, model=model, hidden=list(hidden),
+        channels=list(channels), loss=loss, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+        epochs=epochs, batch_size=batch_size, seed=seed, device=torch.device(device).type,
+    )
+
+    def run() -> dict:
+        net, record = _fit(data, test, config, device=device, progress=progress)
+        return {"state_dict": {k: v.cpu() for k, v in net.state_dict().items()}, "record": asdict(record)}
+
+    result = cached("train", config, run, cache_dir=cache_dir)
+    net = make_model(model, data.input_shape, data.num_classes, hidden=hidden, channels=channels)
+    net.load_state_dict(result["state_dict"])
+    return net.to(device).eval(), TrainRecord(**result["record"])
+
+
+def _fit(data: Dataset, test: Dataset | None, config: dict, *, device, progress: bool) -> tuple[nn.Module, TrainRecord]:
+    import time
+
+    start = time.perf_counter()
+    net = make_model(config["model"], data.input_shape, data.num_classes, hidden=config["hidden"],
+                     channels=config["channels"], seed=config["seed"]).to(device)
+    params = net.parameters()
+    if config["optimizer"] == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=config["lr"], weight_decay=config["weight_decay"])
+    else:
+        opt = torch.optim.SGD(params, lr=config["lr"], weight_decay=config["weight_decay"])
+    generator = torch.Generator().manual_seed(config["seed"])
+    X, y = data.X.to(device), data.y.to(device)
+    record = TrainRecord(config=config, num_params=sum(p.numel() for p in net.parameters()))
+    bs = config["batch_size"]
+    for _ in tqdm(range(config["epochs"]), desc=f"train {config['model']} on {data.name}", disable=not progress):
+        net.train()
+        order = torch.randperm(len(data), generator=generator).to(device)
+        epoch_loss = 0.0
+        for idx in order.split(bs):
+            opt.zero_grad(set_to_none=True)
+            batch_loss = per_sample_loss(net(X[idx]), y[idx], config["loss"]).mean()
+            batch_loss.backward()
+            opt.step()
+            epoch_loss += batch_loss.item() * len(idx)
+        record.loss_curve.append(epoch_loss / len(data))
+    net.eval()
+    record.train_loss, record.train_accuracy = evaluate(net, data, loss=config["loss"], device=device)
+    if test is not None:
+        record.test_loss, record.test_accuracy = evaluate(net, test, loss=config["loss"], device=device)
+    record.seconds = time.perf_counter() - start
+    return net, record

@@ -1,0 +1,39 @@
+import pytest
+import torch
+
+from hesslib import make_model, num_params
+
+
+@pytest.mark.parametrize(
+    "name, shape, kwargs, expected",
+    [
+        ("linear", (1, 28, 28), {}, 784 * 10 + 10),
+        ("mlp", (1, 28, 28), {}, 269_322),  # the original 784-256-256-10
+        ("mlp", (1, 28, 28), {"hidden": (64,)}, 784 * 64 + 64 + 64 * 10 + 10),
+        ("cnn", (1, 28, 28), {}, (9 * 8 + 8) + (8 * 9 * 16 + 16) + 16 * 7 * 7 * 10 + 10),
+        ("cnn", (1, 8, 8), {"channels": (4,)}, (9 * 4 + 4) + 4 * 4 * 4 * 10 + 10),
+    ],
+)
+def test_output_shape_and_param_count(name, shape, kwargs, expected):
+    model = make_model(name, shape, 10, **kwargs)
+    assert model(torch.zeros(5, *shape)).shape == (5, 10)
+    assert num_params(model) == expected
+    assert not any(isinstance(m, torch.nn.BatchNorm2d | torch.nn.Dropout) for m in model.modules())
+
+
+def test_seed_fixes_initialisation():
+    a, b = make_model("mlp", (1, 8, 8), seed=3), make_model("mlp", (1, 8, 8), seed=3)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"name": "resnet", "input_shape": (1, 8, 8)}, "model name must be one of"),
+        ({"name": "mlp", "input_shape": (64,)}, "input_shape must be"),
+        ({"name": "mlp", "input_shape": (1, 8, 8), "hidden": (0,)}, "positive widths"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_model(**kwargs)
