@@ -1,0 +1,205 @@
+"""The loss as a function of the flat parameter vector w, its Hessian-vector products, and per-batch
+projected curvature.
+
+Batches: the data, in its fixed order, is cut into N = ceil(n / B) consecutive batches of B samples; a short
+last batch is kept (``drop_last=False``, its loss is the mean over its own samples) or dropped. Every batch
+counts equally: ℓ_i(w) is the mean per-sample loss of batch i, L_k(w) = (1/k) Σ_{i≤k} ℓ_i(w), and the
+full-data loss is L(w) = L_N(w), so its Hessian H = (1/N) Σ_i ∇²ℓ_i exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jvp, vmap
+
+from .losses import check_loss, per_sample_loss
+
+
+class Objective:
+    """L(w) over ``X, y`` split into batches of ``batch_size`` in their given order, around w* = the model's
+    current parameters (flattened into ``params``). The model is used in evaluation mode.
+
+    ``dtype`` (default: the model's) and ``device`` (default: the model's) set where and in what precision
+    everything is computed; ``chunk_size`` bounds how many samples one forward/backward pass sees.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        batch_size: int,
+        loss: str = "cross_entropy",
+        drop_last: bool = False,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        chunk_size: int = 2048,
+    ) -> None:
+        check_loss(loss)
+        if len(X) != len(y) or len(X) == 0:
+            raise ValueError(f"X and y must be non-empty with the same length, got {len(X)} and {len(y)}")
+        if not 1 <= batch_size <= len(X):
+            raise ValueError(f"batch_size must be in [1, {len(X)}] (the number of samples), got {batch_size}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        first = next(model.parameters())
+        self.dtype = dtype or first.dtype
+        self.device = torch.device(device) if device is not None else first.device
+        self.model = model.eval()
+        self.loss = loss
+        self.batch_size = batch_size
+        n = (len(X) // batch_size) * batch_size if drop_last else len(X)
+        self.X = X[:n].to(self.device, self.dtype)
+        self.y = y[:n].to(self.device)
+        if self.y.is_floating_point():
+            self.y = self.y.to(self.dtype)
+        self.num_samples = n
+        self.num_batches = math.ceil(n / batch_size)
+        self.chunk_size = chunk_size
+        names, tensors = zip(*[(k, p) for k, p in model.named_parameters() if p.requires_grad], strict=True)
+        self._names = list(names)
+        self._shapes = [t.shape for t in tensors]
+        self._sizes = [t.numel() for t in tensors]
+        self.params = torch.cat([t.detach().reshape(-1) for t in tensors]).to(self.device, self.dtype)
+        self._buffers = {k: b.to(self.device) for k, b in model.named_buffers()}
+        # batch index and weight of every sample: L(w) = Σ_s weight_s ℓ_s(w), weight_s = 1 / (N · |batch(s)|)
+        self.batch_index = torch.arange(n, device=self.device) // batch_size
+        counts = torch.bincount(self.batch_index, minlength=self.num_batches).to(self.dtype)
+        self.batch_counts = counts
+        self.sample_weights = 1.0 / (self.num_batches * counts[self.batch_index])
+
+    # ---- parameters ------------------------------------------------------------------------------------
+    @property
+    def num_params(self) -> int:
+        """M, the number of parameters."""
+        return self.params.numel()
+
+    def unflatten(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Flat vector [M] -> the model's named parameter tensors (views)."""
+        return {n: t.view(s) for n, t, s in zip(self._names, w.split(self._sizes), self._shapes, strict=True)}
+
+    def per_sample_losses(self, w: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """ℓ(f(x; w), y) for each sample of ``X``, shape [len(X)]."""
+        out = functional_call(self.model, ({**self.unflatten(w), **self._buffers},), (X,))
+        return per_sample_loss(out, y, self.loss)
+
+    def chunks(self) -> list[slice]:
+        """Slices of at most ``chunk_size`` samples covering the data."""
+        return [slice(s, min(s + self.chunk_size, self.num_samples)) for s in range(0, self.num_samples, self.chunk_size)]
+
+    # ---- losses ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def batch_losses(self, w: torch.Tensor | None = None) -> torch.Tensor:
+        """ℓ_i(w) for i = 1..N, shape [N] (w defaults to w*)."""
+        w = self.params if w is None else self._check_vector(w, "w")
+        sums = torch.zeros(self.num_batches, dtype=self.dtype, device=self.device)
+        for part in self.chunks():
+            sums.index_add_(0, self.batch_index[part], self.per_sample_losses(w, self.X[part], self.y[part]))
+        return sums / self.batch_counts
+
+    def value(self, w: torch.Tensor | None = None) -> torch.Tensor:
+        """L(w) = L_N(w), the mean of the batch losses."""
+        return self.batch_losses(w).mean()
+
+    def _chunk_loss(self, w: torch.Tensor, part: slice) -> torch.Tensor:
+        return (self.sample_weights[part] * self.per_sample_losses(w, self.X[part], self.y[part])).sum()
+
+    def gradient(self, w: torch.Tensor | None = None) -> torch.Tensor:
+        """∇L(w), shape [M]."""
+        w = self.params if w is None else self._check_vector(w, "w")
+        total = torch.zeros_like(w)
+        for part in self.chunks():
+            total += grad(self._chunk_loss)(w, part)
+        return total
+
+    # ---- Hessian-vector products -----------------------------------------------------------------------
+    def hvp(self, V: torch.Tensor) -> torch.Tensor:
+        """H V with H = ∇²L(w*), for V of shape [M] or [M, r]; the r columns go through ONE vmapped
+        forward-over-reverse product (``jvp`` of ``grad``) per data chunk."""
+        single = V.dim() == 1
+        V = self._check_block(V.unsqueeze(1) if single else V, "V")
+        w = self.params
+        out = torch.zeros(V.shape[1], V.shape[0], dtype=self.dtype, device=self.device)
+        for part in self.chunks():
+
+            def hv(v: torch.Tensor, part: slice = part) -> torch.Tensor:
+                return jvp(lambda w_: grad(self._chunk_loss)(w_, part), (w,), (v,))[1]
+
+            out += vmap(hv)(V.T)
+        return out[0] if single else out.T
+
+    # ---- input checks ----------------------------------------------------------------------------------
+    def _check_vector(self, w: torch.Tensor, name: str) -> torch.Tensor:
+        if w.shape != (self.num_params,):
+            raise ValueError(f"{name} must have shape [{self.num_params}] (M), got {list(w.shape)}")
+        return self._check_tensor(w, name)
+
+    def _check_block(self, V: torch.Tensor, name: str) -> torch.Tensor:
+        if V.dim() != 2 or V.shape[0] != self.num_params or V.shape[1] < 1:
+            raise ValueError(f"{name} must have shape [{self.num_params}, r] with r >= 1 (M = num_params), "
+                             f"got {list(V.shape)}")
+        return self._check_tensor(V, name)
+
+    def _check_tensor(self, t: torch.Tensor, name: str) -> torch.Tensor:
+        if t.device != self.device or t.dtype != self.dtype:
+            raise ValueError(f"{name} must be {self.dtype} on {self.device} like the objective, "
+                             f"got {t.dtype} on {t.device}")
+        return t
+
+
+@dataclass
+class ProjectedCurvature:
+    """Per-batch terms at w*, in the subspace spanned by P's D columns:
+    ``losses`` ℓ_i(w*) [N], ``grads`` Pᵀ∇ℓ_i(w*) [N, D], ``hessians`` Pᵀ∇²ℓ_i(w*)P [N, D, D]."""
+
+    losses: torch.Tensor
+    grads: torch.Tensor
+    hessians: torch.Tensor
+
+
+def projected_hessians(objective: Objective, P: torch.Tensor, *, memory_mb: float = 512.0) -> ProjectedCurvature:
+    """ℓ_i(w*), Pᵀ∇ℓ_i(w*) and Pᵀ∇²ℓ_i(w*)P for every batch i in ONE pass over the data.
+
+    Each batch's gradient and its D Hessian-vector products come from one ``jvp`` of ``grad`` (the jvp's primal
+    output is the gradient), vmapped over the D directions and over a chunk of batches, then projected onto
+    P. Chunks hold at most ``memory_mb`` of per-batch products [chunk, D, M].
+    """
+    P = objective._check_block(P, "P")
+    obj, D, B = objective, P.shape[1], objective.batch_size
+    N, M, n = obj.num_batches, obj.num_params, obj.num_samples
+    # lay the data out as [N, B, ...] with a 0/1 mask for the padding of a short last batch
+    pad = N * B - n
+    X = torch.cat([obj.X, obj.X[:pad]]) if pad else obj.X
+    y = torch.cat([obj.y, obj.y[:pad]]) if pad else obj.y
+    mask = torch.ones(N * B, dtype=obj.dtype, device=obj.device)
+    if pad:
+        mask[n:] = 0
+    X, y, mask = X.reshape(N, B, *X.shape[1:]), y.reshape(N, B, *y.shape[1:]), mask.reshape(N, B)
+    w = obj.params
+
+    def batch_terms(Xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor):
+        def loss_fn(w_: torch.Tensor) -> torch.Tensor:
+            return (mb * obj.per_sample_losses(w_, Xb, yb)).sum() / mb.sum()
+
+        def grad_and_hvp(v: torch.Tensor):
+            return jvp(grad(loss_fn), (w,), (v,))
+
+        g, HP = vmap(grad_and_hvp)(P.T)  # g: [D, M] (D identical copies), HP: [D, M] = (∇²ℓ_i P)ᵀ
+        return loss_fn(w), P.T @ g[0], HP @ P
+
+    bytes_per_batch = 3 * D * M * P.element_size() + B * X[0, 0].numel() * D * 64
+    per_chunk = max(1, min(N, int(memory_mb * 2**20 // bytes_per_batch)))
+    losses, grads, hessians = [], [], []
+    for start in range(0, N, per_chunk):
+        part = slice(start, start + per_chunk)
+        lo, gr, he = vmap(batch_terms)(X[part], y[part], mask[part])
+        losses.append(lo.detach())
+        grads.append(gr.detach())
+        hessians.append(he.detach())
+    hessians_t = torch.cat(hessians)
+    return ProjectedCurvature(torch.cat(losses), torch.cat(grads), 0.5 * (hessians_t + hessians_t.transpose(1, 2)))
