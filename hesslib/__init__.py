@@ -6,6 +6,8 @@ The modules follow the method: data -> models -> training -> Hessian -> subspace
 __version__ = "0.1.0"
 
 from .data import DATASETS, Dataset, load_dataset, read_idx  # noqa: E402
+from .eigen import DenseOperator, EigenResult, top_eigenpairs  # noqa: E402
+from .hessian import Objective, ProjectedCurvature, projected_hessians  # noqa: E402
 from .models import MODELS, make_model, num_params  # noqa: E402
 from .training import TrainRecord, evaluate, train  # noqa: E402
 
@@ -13,4 +15,6 @@ __all__ = [
     "DATASETS", "Dataset", "load_dataset", "read_idx",
     "MODELS", "make_model", "num_params",
     "TrainRecord", "evaluate", "train",
+    "Objective", "ProjectedCurvature", "projected_hessians",
+    "DenseOperator", "EigenResult", "top_eigenpairs",
 ]

@@ -90,7 +90,8 @@ class Objective:
 
     def chunks(self) -> list[slice]:
         """Slices of at most ``chunk_size`` samples covering the data."""
-        return [slice(s, min(s + self.chunk_size, self.num_samples)) for s in range(0, self.num_samples, self.chunk_size)]
+        n, c = self.num_samples, self.chunk_size
+        return [slice(s, min(s + c, n)) for s in range(0, n, c)]
 
     # ---- losses ----------------------------------------------------------------------------------------
     @torch.no_grad()
