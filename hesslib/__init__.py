@@ -7,8 +7,20 @@ __version__ = "0.1.0"
 
 from .data import DATASETS, Dataset, load_dataset, read_idx  # noqa: E402
 from .eigen import DenseOperator, EigenResult, top_eigenpairs  # noqa: E402
+from .estimators import (  # noqa: E402
+    DeltaCurve,
+    delta_from_losses,
+    delta_monte_carlo,
+    delta_theory,
+    gaussian_thetas,
+    loglog_slope,
+    moving_average,
+    sufficient_sample_size,
+    theory_from_curvature,
+)
 from .hessian import Objective, ProjectedCurvature, projected_hessians  # noqa: E402
 from .models import MODELS, make_model, num_params  # noqa: E402
+from .subspace import grid_thetas, random_directions, subspace_losses  # noqa: E402
 from .training import TrainRecord, evaluate, train  # noqa: E402
 
 __all__ = [
@@ -17,4 +29,7 @@ __all__ = [
     "TrainRecord", "evaluate", "train",
     "Objective", "ProjectedCurvature", "projected_hessians",
     "DenseOperator", "EigenResult", "top_eigenpairs",
+    "grid_thetas", "random_directions", "subspace_losses",
+    "DeltaCurve", "delta_from_losses", "delta_monte_carlo", "delta_theory", "gaussian_thetas", "loglog_slope",
+    "moving_average", "sufficient_sample_size", "theory_from_curvature",
 ]

@@ -1,0 +1,115 @@
+"""The loss restricted to a D-dimensional slice w = w* + Pθ: directions P and per-batch losses for many θ."""
+
+from __future__ import annotations
+
+import torch
+from torch.func import vmap
+from tqdm.auto import tqdm
+
+from .hessian import Objective
+
+
+def random_directions(
+    objective: Objective, D: int, *, seed: int = 0, filter_normalize: bool = True, orthonormalize: bool = False
+) -> torch.Tensor:
+    """D random Gaussian directions [M, D], the paper's baseline.
+
+    With ``filter_normalize`` (Li et al. 2018) every filter (a row of a weight matrix, an output channel of a
+    convolution) of each direction is rescaled to the norm of the same filter of w*, and biases and other 1-D
+    parameters are zeroed (the original code set them to the bias values instead). With ``orthonormalize`` the
+    D directions are then made orthonormal (QR), which makes them comparable with Hessian eigenvectors.
+    """
+    if not isinstance(D, int) or not 1 <= D <= objective.num_params:
+        raise ValueError(f"D must be an integer in [1, {objective.num_params}] (num_params), got {D!r}")
+    generator = torch.Generator().manual_seed(seed)
+    directions = torch.randn(D, objective.num_params, generator=generator, dtype=torch.float64)
+    if filter_normalize:
+        w = objective.params.double().cpu()
+        offset = 0
+        for size, shape in zip(objective._sizes, objective._shapes, strict=True):
+            block = directions[:, offset : offset + size]
+            if len(shape) <= 1:
+                block.zero_()
+            else:
+                filters = block.reshape(D, shape[0], -1)
+                target = w[offset : offset + size].reshape(1, shape[0], -1).norm(dim=2, keepdim=True)
+                filters.mul_(target / filters.norm(dim=2, keepdim=True).clamp_min(1e-30))
+            offset += size
+    P = directions.T.contiguous()
+    if orthonormalize:
+        P = torch.linalg.qr(P)[0]
+    return P.to(objective.device, objective.dtype)
+
+
+def _activation_numel(objective: Objective) -> int:
+    """Floats of activations one sample produces in a forward pass (leaf-module outputs)."""
+    total = objective.X[0].numel()
+    hooks = []
+
+    def count(_module, _inputs, output):
+        nonlocal total
+        total += output.numel()
+
+    for module in objective.model.modules():
+        if not list(module.children()):
+            hooks.append(module.register_forward_hook(count))
+    try:
+        with torch.no_grad():
+            objective.model(objective.X[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
+
+
+@torch.no_grad()
+def subspace_losses(
+    objective: Objective,
+    P: torch.Tensor,
+    thetas: torch.Tensor,
+    *,
+    memory_mb: float = 64.0,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Per-batch losses ℓ_i(w* + Pθ_t) for every θ_t (rows of ``thetas``, [T, D]) and batch i: a [T, N] tensor.
+
+    For a chunk of θ, the weights w* + Pθ form one [c, M] matrix; the model runs vmapped over them on large
+    slices of the data, and per-sample losses are reduced to batch means with one ``index_add``. ``memory_mb``
+    bounds the activations of one pass: large models get whole-data passes one θ at a time (already a big call),
+    small models many θ per pass. No model copies, no loop over batches.
+    """
+    P = objective._check_block(P, "P")
+    if thetas.dim() != 2 or thetas.shape[1] != P.shape[1] or thetas.shape[0] < 1:
+        raise ValueError(f"thetas must have shape [T, {P.shape[1]}] (T >= 1, D = P's columns), got {list(thetas.shape)}")
+    thetas = thetas.to(objective.device, objective.dtype)
+    T, N, n = thetas.shape[0], objective.num_batches, objective.num_samples
+    budget = memory_mb * 2**20
+    bytes_per_sample = _activation_numel(objective) * objective.X.element_size()
+    rows = int(min(n, max(objective.chunk_size, budget // bytes_per_sample)))  # samples per forward pass
+    parts = [slice(s, min(s + rows, n)) for s in range(0, n, rows)]
+    per_chunk = int(max(1, min(T, budget // (rows * bytes_per_sample))))  # models per vmapped pass
+    sums = torch.zeros(T, N, dtype=objective.dtype, device=objective.device)
+
+    def losses_of(w: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return objective.per_sample_losses(w, X, y)
+
+    batched = vmap(losses_of, in_dims=(0, None, None))
+    bar = tqdm(total=T, desc="subspace losses", unit="θ", disable=not progress)
+    for start in range(0, T, per_chunk):
+        rows_t = slice(start, min(start + per_chunk, T))
+        W = objective.params + thetas[rows_t] @ P.T  # [c, M]
+        for part in parts:
+            per_sample = batched(W, objective.X[part], objective.y[part])  # [c, n_part]
+            sums[rows_t].index_add_(1, objective.batch_index[part], per_sample)
+        bar.update(rows_t.stop - rows_t.start)
+    bar.close()
+    return sums / objective.batch_counts
+
+
+def grid_thetas(extent: float, points: int, *, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """A points x points mesh on [−extent, extent]²: returns (axis [points], thetas [points², 2], row-major)."""
+    if points < 2 or not extent > 0:
+        raise ValueError(f"need points >= 2 and extent > 0, got points={points}, extent={extent}")
+    axis = torch.linspace(-extent, extent, points, dtype=dtype)
+    a, b = torch.meshgrid(axis, axis, indexing="ij")
+    return axis, torch.stack([a.reshape(-1), b.reshape(-1)], dim=1)
