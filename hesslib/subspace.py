@@ -80,7 +80,9 @@ def subspace_losses(
     """
     P = objective._check_block(P, "P")
     if thetas.dim() != 2 or thetas.shape[1] != P.shape[1] or thetas.shape[0] < 1:
-        raise ValueError(f"thetas must have shape [T, {P.shape[1]}] (T >= 1, D = P's columns), got {list(thetas.shape)}")
+        raise ValueError(
+            f"thetas must have shape [T, {P.shape[1]}] (T >= 1, D = P's columns), got {list(thetas.shape)}"
+        )
     thetas = thetas.to(objective.device, objective.dtype)
     T, N, n = thetas.shape[0], objective.num_batches, objective.num_samples
     budget = memory_mb * 2**20
