@@ -18,8 +18,10 @@ from .estimators import (  # noqa: E402
     sufficient_sample_size,
     theory_from_curvature,
 )
+from .experiment import Experiment, project_root, surfaces_at  # noqa: E402
 from .hessian import Objective, ProjectedCurvature, projected_hessians  # noqa: E402
 from .models import MODELS, make_model, num_params  # noqa: E402
+from .stopping import OnlineResult, OnlineStopping, run_online_stopping  # noqa: E402
 from .subspace import grid_thetas, random_directions, subspace_losses  # noqa: E402
 from .training import TrainRecord, evaluate, train  # noqa: E402
 
@@ -30,6 +32,7 @@ __all__ = [
     "Objective", "ProjectedCurvature", "projected_hessians",
     "DenseOperator", "EigenResult", "top_eigenpairs",
     "grid_thetas", "random_directions", "subspace_losses",
+    "Experiment", "project_root", "surfaces_at", "OnlineResult", "OnlineStopping", "run_online_stopping",
     "DeltaCurve", "delta_from_losses", "delta_monte_carlo", "delta_theory", "gaussian_thetas", "loglog_slope",
     "moving_average", "sufficient_sample_size", "theory_from_curvature",
 ]
