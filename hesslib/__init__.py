@@ -8,13 +8,20 @@ __version__ = "0.1.0"
 from .data import DATASETS, Dataset, load_dataset, read_idx  # noqa: E402
 from .eigen import DenseOperator, EigenResult, top_eigenpairs  # noqa: E402
 from .estimators import (  # noqa: E402
+    Agreement,
     DeltaCurve,
+    LinearFit,
+    compare_to_reference,
     delta_from_losses,
     delta_monte_carlo,
+    delta_ratio,
     delta_theory,
+    delta_unperturbed,
+    fit_against,
     gaussian_thetas,
     loglog_slope,
     moving_average,
+    prefix_means,
     sufficient_sample_size,
     theory_from_curvature,
 )
@@ -35,4 +42,6 @@ __all__ = [
     "Experiment", "project_root", "surfaces_at", "OnlineResult", "OnlineStopping", "run_online_stopping",
     "DeltaCurve", "delta_from_losses", "delta_monte_carlo", "delta_theory", "gaussian_thetas", "loglog_slope",
     "moving_average", "sufficient_sample_size", "theory_from_curvature",
+    "Agreement", "LinearFit", "compare_to_reference", "delta_ratio", "delta_unperturbed", "fit_against",
+    "prefix_means",
 ]

@@ -200,6 +200,18 @@ def download(name: str, root: str | Path = "data") -> None:
             read_idx(tmp.rename(target))  # validate
 
 
+def has_test_split(name: str, root: str | Path = "data") -> bool:
+    """Whether ``name`` has its own test split here: ``digits`` always, ``mnist`` / ``fashion-mnist`` when their
+    ``t10k`` IDX files are under ``root``, ``mnist5k`` never (hold out its last samples instead)."""
+    if name not in DATASETS:
+        raise ValueError(f"dataset name must be one of {DATASETS}, got {name!r}")
+    if name == "mnist5k":
+        return False
+    if name == "digits":
+        return True
+    return all(_find(p) is not None for p in idx_paths(name, root, "test"))
+
+
 if __name__ == "__main__":
     import argparse
 

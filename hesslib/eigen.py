@@ -15,6 +15,7 @@ an :class:`~hesslib.hessian.Objective` or a :class:`DenseOperator`. Both stop on
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -194,3 +195,21 @@ def _power(op, d, tol, max_hvps, generator, init, progress) -> EigenResult:
     lam, U, HU = lam[order], U[:, order], HU[:, order]
     residuals = (HU - U * lam).norm(dim=0) / lam.abs()
     return EigenResult(lam, U, residuals, hvps, converged, "power")
+
+
+def rayleigh_quotients(op: Operator, V: torch.Tensor) -> torch.Tensor:
+    """vᵀHv for each column v of ``V`` [M, r] (the curvature of the loss along v when ‖v‖ = 1), from ONE batched
+    product H V. For eigenvectors these are their eigenvalues."""
+    if V.dim() != 2 or V.shape[0] != op.num_params or V.shape[1] < 1:
+        raise ValueError(f"V must have shape [{op.num_params}, r] with r >= 1, got {list(V.shape)}")
+    V = V.to(op.device, op.dtype)
+    return (V * op.hvp(V)).sum(0)
+
+
+def spectrum_ratios(eigenvalues: torch.Tensor | Sequence[float], at: Sequence[int]) -> dict[int, float]:
+    """λ_1 / λ_j for each 1-based index j in ``at`` that the (descending) ``eigenvalues`` reach: how fast the top
+    of the spectrum decays. Indices beyond the spectrum are left out."""
+    lam = torch.as_tensor(eigenvalues, dtype=torch.float64).cpu()
+    if lam.dim() != 1 or len(lam) == 0:
+        raise ValueError(f"eigenvalues must be a non-empty 1-D sequence, got shape {list(lam.shape)}")
+    return {int(j): float(lam[0] / lam[j - 1]) for j in at if 1 <= j <= len(lam)}

@@ -4,7 +4,8 @@
 * :func:`delta_theory`: closed forms from prefix sums of per-batch projected curvature
   (``kind="paper"``: the paper's Theorem 1; ``kind="second_order"``: the exact Gaussian moments of the
   second-order expansion);
-* :func:`sufficient_sample_size`, :func:`moving_average`, :func:`loglog_slope`: reading the curves.
+* :func:`sufficient_sample_size`, :func:`sample_size_curve`, :func:`settling_envelope`, :func:`moving_average`,
+  :func:`loglog_slope`: reading the curves.
 """
 
 from __future__ import annotations
@@ -179,3 +180,127 @@ def loglog_slope(curve: DeltaCurve, *, k_min: int = 1, k_max: int | None = None)
         raise ValueError(f"need at least 2 positive Δ_k with {k_min} <= k <= {k_max} to fit a slope")
     slope, intercept = np.polyfit(np.log(k[keep]), np.log(delta[keep]), 1)
     return float(slope), float(np.exp(intercept))
+
+
+def prefix_means(values: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Running means (1/k) Σ_{i≤k} v_i for k = 1..N in float64, e.g. L_k(w*) from the per-batch losses ℓ_i(w*)
+    (``Objective.batch_losses()``); index ``k − 1`` holds the value for k."""
+    values = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
+    if values.ndim != 1 or len(values) == 0:
+        raise ValueError(f"values must be a non-empty 1-D array, got shape {values.shape}")
+    return np.cumsum(values) / np.arange(1, len(values) + 1)
+
+
+def delta_ratio(estimate: DeltaCurve, reference: DeltaCurve) -> np.ndarray:
+    """estimate Δ_k / reference Δ_k at every k (NaN where the reference is not a finite positive number).
+
+    Both curves must cover the same k (e.g. a closed form and Monte Carlo from the same experiment)."""
+    if not np.array_equal(np.asarray(estimate.k), np.asarray(reference.k)):
+        raise ValueError("estimate and reference must cover the same k")
+    ref = np.asarray(reference.delta, dtype=float)
+    est = np.asarray(estimate.delta, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(np.isfinite(ref) & (ref > 0), est / ref, np.nan)
+
+
+@dataclass
+class Agreement:
+    """How an estimate of Δ_k compares with a (Monte Carlo) reference over the k it was compared on.
+
+    ``median_ratio``: median over k of estimate / reference; ``fraction_at_or_above``: the share of k where
+    estimate ≥ reference (1.0 for an upper bound); ``fraction_significantly_below``: the share of k where
+    estimate < reference − 2·stderr(reference), i.e. below the reference by more than its Monte Carlo noise;
+    ``num_k``: how many k were compared."""
+
+    median_ratio: float
+    fraction_at_or_above: float
+    fraction_significantly_below: float
+    num_k: int
+
+
+def compare_to_reference(estimate: DeltaCurve, reference: DeltaCurve, *, k_min: int = 1) -> Agreement:
+    """Summarise ``estimate`` against ``reference`` over k ≥ ``k_min`` where the reference is finite and > 0."""
+    ratio = delta_ratio(estimate, reference)
+    keep = (np.asarray(reference.k) >= k_min) & np.isfinite(ratio)
+    if not keep.any():
+        raise ValueError(f"no k >= {k_min} with a finite positive reference to compare")
+    est = np.asarray(estimate.delta, dtype=float)[keep]
+    ref = np.asarray(reference.delta, dtype=float)[keep]
+    se = np.nan_to_num(np.asarray(reference.stderr, dtype=float)[keep])
+    return Agreement(float(np.median(ratio[keep])), float(np.mean(est >= ref)),
+                     float(np.mean(est < ref - 2 * se)), int(keep.sum()))
+
+
+@dataclass
+class LinearFit:
+    """y ≈ slope · x + intercept by least squares over ``num_points`` points, with the coefficient of
+    determination ``r2`` (1 − residual / total sum of squares)."""
+
+    slope: float
+    intercept: float
+    r2: float
+    num_points: int
+
+
+def fit_against(curve: DeltaCurve, x: np.ndarray, *, k_min: int = 1) -> LinearFit:
+    """Least-squares line Δ_k ≈ slope · x_k + intercept over k ≥ ``k_min`` (finite values only), where ``x`` is
+    aligned with ``curve.k`` (e.g. L_k(w*) = ``prefix_means(batch_losses)[curve.k - 1]``)."""
+    k = np.asarray(curve.k)
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(curve.delta, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"x must be aligned with curve.k (length {len(y)}), got shape {x.shape}")
+    keep = (k >= k_min) & np.isfinite(x) & np.isfinite(y)
+    if keep.sum() < 2 or np.ptp(x[keep]) == 0:
+        raise ValueError(f"need at least 2 points with distinct x and k >= {k_min} to fit a line")
+    slope, intercept = np.polyfit(x[keep], y[keep], 1)
+    residual = y[keep] - (slope * x[keep] + intercept)
+    total = np.sum((y[keep] - y[keep].mean()) ** 2)
+    r2 = 1.0 - np.sum(residual**2) / total if total > 0 else 1.0
+    return LinearFit(float(slope), float(intercept), float(r2), int(keep.sum()))
+
+
+def settling_envelope(curve: DeltaCurve | np.ndarray) -> np.ndarray:
+    """E_k = max_{k' ≥ k} Δ_{k'} (a NaN counts as +inf): the running maximum from the right, non-increasing in k.
+
+    It reads K for every tolerance at once: K(tol) = the first k with E_k < tol (see :func:`sample_size_curve`).
+    """
+    delta = np.asarray(curve.delta if isinstance(curve, DeltaCurve) else curve, dtype=float)
+    delta = np.where(np.isnan(delta), np.inf, delta)
+    return np.maximum.accumulate(delta[::-1])[::-1]
+
+
+def sample_size_curve(curve: DeltaCurve, tolerances: np.ndarray | list[float], *, z: float = 0.0) -> np.ndarray:
+    """K(tol) of :func:`sufficient_sample_size` for each tolerance, as floats (NaN where Δ never settles).
+
+    ``z`` shifts the curve to Δ_k + z·s.e._k first (clipped at 0), so ``z = ±2`` brackets how far Monte Carlo
+    noise moves K (Δ − 2 s.e. gives the smaller K, Δ + 2 s.e. the larger).
+    """
+    delta = np.clip(np.asarray(curve.delta, dtype=float) + z * np.asarray(curve.stderr, dtype=float), 0.0, None)
+    shifted = DeltaCurve(curve.k, delta, curve.stderr, curve.label, curve.sigma, curve.meta)
+    out = [sufficient_sample_size(shifted, float(tol)) for tol in np.asarray(tolerances, dtype=float)]
+    return np.array([np.nan if K is None else K for K in out], dtype=float)
+
+
+def delta_unperturbed(batch_losses: np.ndarray | torch.Tensor) -> DeltaCurve:
+    """Δ_k at θ = 0, i.e. (L_{k+1}(w*) − L_k(w*))² for k = 1..N−1 from the per-batch losses ℓ_i(w*)
+    (``Objective.batch_losses()``): the σ → 0 limit of Δ_k for any directions."""
+    L = prefix_means(batch_losses)
+    if len(L) < 2:
+        raise ValueError(f"need at least 2 batches to form Δ_k, got {len(L)}")
+    delta = np.diff(L) ** 2
+    return DeltaCurve(np.arange(1, len(L)), delta, np.zeros_like(delta), "unperturbed (σ → 0)", 0.0)
+
+
+def first_below(curve: DeltaCurve | np.ndarray, tol: float) -> int | None:
+    """The first k with Δ_k < tol (None if none): what a rule that stops at the first dip would report. It is
+    never later than :func:`sufficient_sample_size`, and earlier whenever the curve comes back above ``tol``."""
+    if not (isinstance(tol, int | float) and tol > 0):
+        raise ValueError(f"tol must be a number > 0, got {tol!r}")
+    if isinstance(curve, DeltaCurve):
+        k, delta = curve.k, np.asarray(curve.delta, dtype=float)
+    else:
+        delta = np.asarray(curve, dtype=float)
+        k = np.arange(1, len(delta) + 1)
+    below = np.flatnonzero(delta < tol)
+    return None if len(below) == 0 else int(k[below[0]])

@@ -7,6 +7,7 @@ configuration (training, analysis batch size, directions, σ, samples, seeds, li
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -135,3 +136,43 @@ def surfaces_at(losses: torch.Tensor, k: int, points: int) -> tuple[np.ndarray, 
     L_k = losses[:, :k].mean(1)
     L_next = losses[:, : k + 1].mean(1)
     return L_k.reshape(points, points).numpy(), ((L_next - L_k) ** 2).reshape(points, points).numpy()
+
+
+@dataclass
+class SurfaceLimits:
+    """Common z-limits (low, high) of L_k (``loss``) and of (L_{k+1} − L_k)² (``change``) over several k, so that
+    surfaces at different k are drawn on one scale."""
+
+    loss: tuple[float, float]
+    change: tuple[float, float]
+
+
+def surface_limits(losses: torch.Tensor, ks: Sequence[int]) -> SurfaceLimits:
+    """The min and max of L_k(θ) and of (L_{k+1}(θ) − L_k(θ))² over every grid point of a [points², N] grid loss
+    matrix (:meth:`Experiment.surface`) and every k in ``ks``. The change's lower limit is 0."""
+    if not len(ks):
+        raise ValueError("ks must name at least one k")
+    points = round(losses.shape[0] ** 0.5)
+    if points * points != losses.shape[0]:
+        raise ValueError(f"losses must have points² rows (a square grid), got {losses.shape[0]}")
+    surfaces = [surfaces_at(losses, int(k), points) for k in ks]
+    loss = (min(float(L.min()) for L, _ in surfaces), max(float(L.max()) for L, _ in surfaces))
+    return SurfaceLimits(loss, (0.0, max(float(C.max()) for _, C in surfaces)))
+
+
+def surface_change_curves(losses: torch.Tensor, label: str = "") -> tuple[DeltaCurve, DeltaCurve]:
+    """(mean, max) over the grid points of (L_{k+1}(θ) − L_k(θ))², for every k = 1..N−1 at once, from a grid loss
+    matrix [points², N]: how much one more batch moves the surface, on average and at worst. Both are
+    :class:`~hesslib.estimators.DeltaCurve` (no standard error: the grid is fixed, not sampled)."""
+    if losses.dim() != 2 or losses.shape[1] < 2:
+        raise ValueError(f"losses must be [grid points, N] with N >= 2, got {list(losses.shape)}")
+    losses = losses.double().cpu()
+    N = losses.shape[1]
+    k = torch.arange(1, N, dtype=torch.float64)
+    prefix = losses.cumsum(1)[:, :-1] / k  # L_k, k = 1..N-1
+    squared = ((losses[:, 1:] - prefix) / (k + 1)) ** 2  # (L_{k+1} - L_k)²
+    ks = np.arange(1, N)
+    zeros = np.zeros(N - 1)
+    meta = {"grid_points": losses.shape[0]}
+    return (DeltaCurve(ks, squared.mean(0).numpy(), zeros, f"{label} mean over the grid".strip(), float("nan"), meta),
+            DeltaCurve(ks, squared.amax(0).numpy(), zeros, f"{label} max over the grid".strip(), float("nan"), meta))

@@ -204,3 +204,16 @@ def projected_hessians(objective: Objective, P: torch.Tensor, *, memory_mb: floa
         hessians.append(he.detach())
     hessians_t = torch.cat(hessians)
     return ProjectedCurvature(torch.cat(losses), torch.cat(grads), 0.5 * (hessians_t + hessians_t.transpose(1, 2)))
+
+
+def curvature_spread(curvature: ProjectedCurvature) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation over the N batches of the per-batch curvature p_dᵀ∇²ℓ_i(w*)p_d along each
+    direction p_d (the diagonal of the projected per-batch Hessians), each [D], in float64.
+
+    The mean is the full-data curvature p_dᵀH p_d (H = mean of the batch Hessians). The spread is what makes
+    the landscape move with k along p_d: H_{k+1} − H_k = (∇²ℓ_{k+1} − H_k)/(k+1).
+    """
+    diag = curvature.hessians.double().cpu().diagonal(dim1=1, dim2=2)  # [N, D]
+    if diag.shape[0] < 2:
+        raise ValueError(f"need at least 2 batches for a spread, got {diag.shape[0]}")
+    return diag.mean(0), diag.std(0, correction=1)

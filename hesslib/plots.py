@@ -81,3 +81,217 @@ def plot_surface(ax, axis: np.ndarray, Z: np.ndarray, *, title: str, zlabel: str
     if vmin is not None and vmax is not None:
         ax.set_zlim(vmin, vmax)
     return surf
+
+
+# ---- notebooks 04-05: power-law fits, smoothed curves, ratios, Δ_k against L_k(w*) -------------------------
+def plot_power_law(ax: plt.Axes, slope: float, C: float, k_min: float, k_max: float, *, times_k2: bool = False,
+                   label: str | None = None, color: str = "black") -> None:
+    """A fitted power law C·k^slope (times k² with ``times_k2``) over [k_min, k_max], dashed."""
+    k = np.geomspace(k_min, k_max, 50)
+    ax.plot(k, C * k ** (slope + (2 if times_k2 else 0)), ls="--", lw=1.2, color=color, label=label)
+
+
+def plot_delta_smoothed(ax: plt.Axes, curves: Sequence[DeltaCurve], *, window: int = 5,
+                        labels: Sequence[str] | None = None, colors: Sequence[str] | None = None,
+                        linestyles: Sequence[str] | None = None, raw_alpha: float = 0.3) -> None:
+    """Each Δ_k curve raw (thin, faint; with a ±2 s.e. band when it has one) and its centred ``window``-point
+    moving average with edge padding (bold, in ``linestyles``, solid by default), on log-log axes."""
+    from .estimators import moving_average
+
+    for i, curve in enumerate(curves):
+        color = colors[i] if colors is not None else f"C{i}"
+        label = labels[i] if labels else curve.label
+        ax.plot(curve.k, curve.delta, color=color, lw=0.7, alpha=raw_alpha)
+        if np.any(curve.stderr > 0):
+            low = np.clip(curve.delta - 2 * curve.stderr, curve.delta * 1e-3, None)
+            ax.fill_between(curve.k, low, curve.delta + 2 * curve.stderr, color=color, alpha=0.12, lw=0)
+        ls = linestyles[i] if linestyles is not None else "-"
+        ax.plot(curve.k, moving_average(curve.delta, window), color=color, lw=1.6, ls=ls, label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("k (batches in the fixed order)")
+    ax.set_ylabel(r"$\Delta_k$")
+
+
+def plot_ratio(ax: plt.Axes, ratios: Sequence[np.ndarray], k: np.ndarray, *, labels: Sequence[str],
+               colors: Sequence[str] | None = None, window: int = 5, ylabel: str = "estimate / Monte Carlo") -> None:
+    """Ratios (e.g. :func:`~hesslib.estimators.delta_ratio`) against k: raw faint, ``window``-point moving
+    average solid, log-log axes and a reference line at 1."""
+    from .estimators import moving_average
+
+    for i, ratio in enumerate(ratios):
+        color = colors[i] if colors is not None else f"C{i}"
+        ax.plot(k, ratio, color=color, lw=0.7, alpha=0.3)
+        ax.plot(k, moving_average(ratio, window), color=color, lw=1.6, label=labels[i])
+    ax.axhline(1.0, color="black", lw=1.0, ls=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("k (batches in the fixed order)")
+    ax.set_ylabel(ylabel)
+
+
+def plot_delta_vs_loss(ax: plt.Axes, curves: Sequence[DeltaCurve], loss: np.ndarray, *, k_min: int,
+                       fits: Sequence | None = None, labels: Sequence[str] | None = None,
+                       colors: Sequence[str] | None = None) -> None:
+    """Δ_k against L_k(w*) (``loss``, aligned with the curves' k) for k ≥ ``k_min``, with the fitted lines
+    (:class:`~hesslib.estimators.LinearFit`, one per curve) when given; linear axes."""
+    for i, curve in enumerate(curves):
+        color = colors[i] if colors is not None else f"C{i}"
+        label = labels[i] if labels else curve.label
+        keep = curve.k >= k_min
+        if fits is not None:
+            fit = fits[i]
+            x = np.linspace(loss[keep].min(), loss[keep].max(), 50)  # 50 points: straight on any axis scale
+            label = f"{label}: slope {fit.slope:.3g}, $R^2$ = {fit.r2:.2f}"
+            ax.plot(x, fit.slope * x + fit.intercept, color=color, lw=1.4)
+        ax.scatter(loss[keep], curve.delta[keep], s=12, color=color, alpha=0.7, lw=0, label=label)
+    ax.set_xlabel(r"$L_k(w^*)$ (mean cross-entropy over the first k batches, nats)")
+    ax.set_ylabel(r"$\Delta_k$")
+
+
+# ---- notebook 06: Δ-sufficient sample size -------------------------------------------------------------------
+def plot_sample_size_vs_tolerance(ax: plt.Axes, curves: Sequence[DeltaCurve], tolerances: np.ndarray, *,
+                                  labels: Sequence[str] | None = None, colors: Sequence[str] | None = None,
+                                  linestyles: Sequence[str] | None = None) -> None:
+    """K(tol) (:func:`~hesslib.estimators.sample_size_curve`) against the tolerance on a log x axis, one step
+    line per curve; curves with a standard error get a band between K of Δ − 2 s.e. and of Δ + 2 s.e.
+    Tolerances where Δ never settles are left blank."""
+    from .estimators import sample_size_curve
+
+    tolerances = np.asarray(tolerances, dtype=float)
+    for i, curve in enumerate(curves):
+        color = colors[i] if colors is not None else f"C{i}"
+        label = labels[i] if labels else curve.label
+        ls = linestyles[i] if linestyles is not None else "-"
+        ax.step(tolerances, sample_size_curve(curve, tolerances), where="post", color=color, ls=ls, lw=1.5,
+                label=label)
+        if np.any(curve.stderr > 0):
+            low, high = (sample_size_curve(curve, tolerances, z=z) for z in (-2.0, 2.0))
+            high = np.where(np.isnan(high), curve.k[-1] + 1, high)  # Δ + 2 s.e. never settles: K > N − 1
+            ax.fill_between(tolerances, low, high, step="post", color=color, alpha=0.2, lw=0)
+    ax.set_xscale("log")
+    ax.set_xlabel(r"tolerance $\Delta$")
+    ax.set_ylabel(r"Δ-sufficient sample size $K$ (batches)")
+
+
+def plot_tolerance_marks(ax: plt.Axes, curve: DeltaCurve, tolerances: Sequence[float], *,
+                         colors: Sequence[str] | None = None, envelope: bool = True) -> None:
+    """On a Δ_k plot: a horizontal line at each tolerance, a marker at (K, Δ_K) where the curve settles below
+    it for good, and (``envelope``) the running maximum from the right max_{k' ≥ k} Δ_{k'} that decides K."""
+    from .estimators import settling_envelope, sufficient_sample_size
+
+    if envelope:
+        ax.plot(curve.k, settling_envelope(curve), color="black", lw=1.0, ls="--",
+                label=r"settling envelope: max of $\Delta_{k'}$ over $k' \geq k$")
+    for i, tol in enumerate(tolerances):
+        color = colors[i] if colors is not None else f"C{i + 1}"
+        K = sufficient_sample_size(curve, float(tol))
+        text = "never settles" if K is None else f"K = {K}"
+        ax.axhline(tol, color=color, lw=1.0, ls=":", label=f"Δ = {tol:g}: {text}")
+        if K is not None:
+            ax.plot([K], [curve.delta[list(curve.k).index(K)]], marker="o", ms=7, mfc="none", mew=1.8,
+                    color=color, ls="none")
+            ax.axvline(K, color=color, lw=0.8, ls=":", alpha=0.7)
+
+
+def plot_table(ax: plt.Axes, header: Sequence[str], cells: Sequence[Sequence[str]], *, title: str | None = None,
+               fontsize: float = 8.5) -> None:
+    """A text table (e.g. :func:`~hesslib.stopping.table_cells`) drawn on an axis with no frame, bold header."""
+    ax.axis("off")
+    table = ax.table(cellText=[list(c) for c in cells] or [["–"] * len(header)], colLabels=list(header),
+                     loc="center", cellLoc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(fontsize)
+    table.auto_set_column_width(list(range(len(header))))
+    table.scale(1.0, 1.35)
+    for (row, _), cell in table.get_celld().items():
+        cell.set_edgecolor("0.75")
+        if row == 0:
+            cell.set_text_props(weight="bold")
+            cell.set_facecolor("0.92")
+    if title:
+        ax.set_title(title)
+
+
+def plot_online_history(ax: plt.Axes, ks: Sequence[int], deltas: Sequence[float], *, tol: float,
+                        K: int | None, patience: int, color: str = "C3", label: str = "online rule") -> None:
+    """The online rule's Δ_k estimates (markers joined by a line) on a log y axis, its tolerance, and K (or a
+    note that it never settled) with the ``patience`` estimates that confirmed it shaded."""
+    ax.plot(ks, deltas, marker="o", ms=4, lw=1.2, color=color, label=label)
+    ax.axhline(tol, color="black", lw=1.0, ls=":", label=f"tolerance Δ = {tol:g}")
+    if K is not None:
+        ax.axvspan(K - 0.5, K + patience - 0.5, color=color, alpha=0.12, lw=0,
+                   label=f"K = {K}: {patience} estimates in a row below Δ")
+    ax.set_yscale("log")
+    ax.set_xlabel("k (batches seen, in the fixed order)")
+    ax.set_ylabel(r"$\Delta_k$")
+
+
+# ---- notebooks 00-03: sample images, rows of 3D surfaces -----------------------------------------------------
+def plot_image_grid(fig: plt.Figure, images, labels, *, ncols: int = 8, title: str | None = None,
+                    cmap: str = "gray") -> None:
+    """The first images (``images`` [n, 1, H, W] or [n, H, W]) in a grid of ``ncols`` columns on ``fig``, each
+    titled with its label, no ticks; a suptitle when ``title`` is given."""
+    images = np.asarray(images)
+    images = images[:, 0] if images.ndim == 4 else images
+    labels = np.asarray(labels)
+    nrows = -(-len(images) // ncols)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(images):
+            ax.imshow(images[i], cmap=cmap, interpolation="nearest")
+            ax.set_title(f"{labels[i]}", fontsize=9, pad=2)
+    if title:
+        fig.suptitle(title)
+
+
+def plot_surface_row(fig: plt.Figure, axis: np.ndarray, panels: Sequence[dict]) -> list:
+    """One row of 3D surfaces over the (θ_1, θ_2) grid ``axis``, each with a colour bar on its left. Each panel is
+    a dict with ``Z`` [points, points], ``title``, ``zlabel`` (also the colour bar's label) and optional ``limits``
+    (vmin, vmax; default Z's own range), which fix both the z axis and the colour scale (pass the same limits to
+    compare panels). Tick labels are plain numbers (no offset text, which collides with labels on 3D axes).
+    Returns the 3D axes."""
+    from matplotlib.ticker import FuncFormatter
+
+    fmt = FuncFormatter(lambda value, _: f"{value:.3g}")
+    grid = fig.add_gridspec(1, len(panels), wspace=0.45)
+    axes = []
+    for i, panel in enumerate(panels):
+        ax = fig.add_subplot(grid[0, i], projection="3d")
+        vmin, vmax = panel.get("limits") or (float(np.min(panel["Z"])), float(np.max(panel["Z"])))
+        surf = plot_surface(ax, axis, panel["Z"], title=panel["title"], zlabel=panel["zlabel"], vmin=vmin, vmax=vmax)
+        ax.zaxis.set_major_formatter(fmt)
+        ax.zaxis.labelpad = 14
+        bar = fig.colorbar(surf, ax=ax, shrink=0.6, pad=0.0, location="left", format=fmt)
+        bar.set_label(panel["zlabel"])
+        axes.append(ax)
+    return axes
+
+
+def plot_signed_log(ax: plt.Axes, values, *, label: str, color: str | None = None, marker: str = "o",
+                    x=None) -> None:
+    """|values| against ``x`` (default 1, 2, ...) on a log y axis, joined by a thin line; positive values as
+    filled markers, negative ones as open markers (so a sign change stays visible on a log scale)."""
+    values = np.asarray(values, dtype=float)
+    x = np.arange(1, len(values) + 1) if x is None else np.asarray(x)
+    (line,) = ax.plot(x, np.abs(values), color=color, lw=0.8, alpha=0.6)
+    color = line.get_color()
+    neg = values < 0
+    ax.plot(x[~neg], np.abs(values[~neg]), ls="none", marker=marker, color=color, ms=5, label=label)
+    if neg.any():
+        ax.plot(x[neg], np.abs(values[neg]), ls="none", marker=marker, mfc="none", color=color, ms=5,
+                label=f"{label} (negative: |value|)")
+    ax.set_yscale("log")
+
+
+def label_log_ticks(ax, values, *, axis: str = "x", fmt: str = "{:g}") -> None:
+    """Major ticks of a log axis exactly at ``values`` (e.g. the measured sizes), labelled with ``fmt``, and no
+    minor tick labels, instead of matplotlib's crowded defaults. Works on secondary axes too."""
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter
+
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    values = [float(v) for v in values]
+    target.set_major_locator(FixedLocator(values))
+    target.set_major_formatter(FixedFormatter([fmt.format(v) for v in values]))
+    target.set_minor_formatter(NullFormatter())

@@ -10,12 +10,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from .cache import DEFAULT_CACHE_DIR, cached
-from .data import Dataset, load_dataset
+from .data import Dataset, has_test_split, load_dataset
 from .losses import check_loss, per_sample_loss
 from .models import make_model
 
@@ -146,3 +147,86 @@ def _fit(data: Dataset, test: Dataset | None, config: dict, *, device, progress:
         record.test_loss, record.test_accuracy = evaluate(net, test, loss=config["loss"], device=device)
     record.seconds = time.perf_counter() - start
     return net, record
+
+
+@dataclass
+class LearningCurve:
+    """Final metrics of one model trained per training-set size (``sizes``, ascending), all evaluated on the
+    same test set ``test_set``: the dataset's test split, or its last ``holdout`` samples (``holdout`` > 0)."""
+
+    sizes: list[int]
+    records: list[TrainRecord]
+    holdout: int
+    test_set: str
+
+    @property
+    def test_accuracy(self) -> np.ndarray:
+        return np.array([r.test_accuracy for r in self.records], dtype=float)
+
+    @property
+    def test_loss(self) -> np.ndarray:
+        return np.array([r.test_loss for r in self.records], dtype=float)
+
+    @property
+    def train_accuracy(self) -> np.ndarray:
+        return np.array([r.train_accuracy for r in self.records], dtype=float)
+
+    @property
+    def train_loss(self) -> np.ndarray:
+        return np.array([r.train_loss for r in self.records], dtype=float)
+
+    def _metric(self, metric: str) -> np.ndarray:
+        if metric not in ("test_accuracy", "test_loss", "train_accuracy", "train_loss"):
+            raise ValueError(f"metric must be test_accuracy, test_loss, train_accuracy or train_loss, got {metric!r}")
+        return getattr(self, metric)
+
+    @property
+    def mid_sizes(self) -> np.ndarray:
+        """Geometric means of consecutive sizes, where the gains below are plotted on a log axis."""
+        sizes = np.asarray(self.sizes, dtype=float)
+        return np.sqrt(sizes[1:] * sizes[:-1])
+
+    def gain_per_doubling(self, metric: str = "test_accuracy") -> np.ndarray:
+        """(m_i − m_{i−1}) / log2(n_i / n_{i−1}) between consecutive sizes for ``metric`` (one of the array
+        properties): the improvement bought by each doubling of the data; length len(sizes) − 1."""
+        return np.diff(self._metric(metric)) / np.diff(np.log2(np.asarray(self.sizes, dtype=float)))
+
+    def gain_per_sample(self, metric: str = "test_accuracy") -> np.ndarray:
+        """(m_i − m_{i−1}) / (n_i − n_{i−1}): the improvement bought by each added sample between consecutive
+        sizes, the marginal value of data; length len(sizes) − 1."""
+        return np.diff(self._metric(metric)) / np.diff(np.asarray(self.sizes, dtype=float))
+
+    def error_power_law(self) -> tuple[float, float]:
+        """Least-squares fit of the test error 1 − accuracy ≈ C·n^(−α) on log-log axes (sizes with zero error are
+        left out): returns (α, C). Halving the error then takes 2^(1/α) times the data."""
+        error = 1.0 - self.test_accuracy
+        keep = np.isfinite(error) & (error > 0)
+        if keep.sum() < 2:
+            raise ValueError("need at least 2 sizes with a positive test error to fit a power law")
+        slope, intercept = np.polyfit(np.log(np.asarray(self.sizes, dtype=float)[keep]), np.log(error[keep]), 1)
+        return float(-slope), float(np.exp(intercept))
+
+    @property
+    def seconds(self) -> np.ndarray:
+        """Training time of each size as measured when it was computed (cached runs keep their first time)."""
+        return np.array([r.seconds for r in self.records], dtype=float)
+
+
+def learning_curve(dataset: str, sizes: Sequence[int], *, holdout: int = 1000, root: str | Path = "data",
+                   **train_kwargs) -> LearningCurve:
+    """Train one model (:func:`train`, cached) on the first ``n`` samples for each ``n`` in ``sizes`` and test
+    every one on the same samples: the dataset's own test split when it has one (``holdout`` is then ignored),
+    else its last ``holdout`` samples, which no training set may reach. ``train_kwargs`` go to :func:`train`
+    (model, hidden, epochs, seed, cache_dir, ...): every size gets the same settings, hence the same number of
+    epochs."""
+    sizes = [int(n) for n in sizes]
+    if not sizes or any(n < 1 for n in sizes) or sorted(set(sizes)) != sizes:
+        raise ValueError(f"sizes must be a non-empty, strictly increasing list of integers >= 1, got {sizes}")
+    own_split = has_test_split(dataset, root)
+    if not own_split and holdout < 1:
+        raise ValueError(f"{dataset!r} has no test split here, so holdout must be >= 1 (samples held out from the "
+                         f"end of the train split), got {holdout}")
+    used = 0 if own_split else holdout
+    records = [train(dataset, limit=n, holdout=used, root=root, **train_kwargs)[1] for n in sizes]
+    test_set = f"{dataset} test split" if own_split else f"last {used} samples of {dataset}"
+    return LearningCurve(sizes, records, used, test_set)

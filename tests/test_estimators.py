@@ -185,3 +185,28 @@ def test_bad_input_raises_before_work():
         sufficient_sample_size(np.ones(3), 0)
     with pytest.raises(ValueError, match=r"thetas must have shape \[T, 2\]"):
         subspace_losses(obj, P, torch.zeros(4, 3, dtype=F64))
+
+
+def test_settling_envelope_and_sample_size_curve():
+    from hesslib.estimators import sample_size_curve, settling_envelope
+
+    delta = np.array([5.0, 0.5, 3.0, 0.4, 0.3, np.nan, 0.2, 0.1])
+    assert np.array_equal(settling_envelope(delta), [np.inf] * 6 + [0.2, 0.1])
+    delta = delta[:5]
+    assert np.array_equal(settling_envelope(delta), [5.0, 3.0, 3.0, 0.4, 0.3])
+    curve = DeltaCurve(np.arange(1, 6), delta, np.full(5, 0.05), "x", 1.0)
+    tols = [10.0, 4.0, 1.0, 0.35, 0.3, 0.01]
+    K = sample_size_curve(curve, tols)
+    assert np.array_equal(K, [1, 2, 4, 5, np.nan, np.nan], equal_nan=True)
+    assert all((np.isnan(a) and b is None) or a == b for a, b in zip(K, (sufficient_sample_size(curve, t)
+                                                                         for t in tols), strict=True))
+    # K(tol) = the first k whose envelope is below tol
+    env = settling_envelope(curve)
+    assert all(np.isnan(k) or env[int(k) - 1] < t <= (env[int(k) - 2] if k > 1 else np.inf)
+               for k, t in zip(K, tols, strict=True))
+    from hesslib.estimators import first_below
+
+    assert [first_below(curve, t) for t in (10.0, 1.0, 0.45, 0.01)] == [1, 2, 4, None]
+    assert first_below(delta, 1.0) == 2 and sufficient_sample_size(delta, 1.0) == 4  # the dip at k = 2 is not K
+    # Δ ± 2 s.e.: Δ + 0.1 at tol 0.35 never settles (0.3 + 0.1 > 0.35), Δ − 0.1 settles at k = 4
+    assert np.isnan(sample_size_curve(curve, [0.35], z=2.0)[0]) and sample_size_curve(curve, [0.35], z=-2.0)[0] == 4

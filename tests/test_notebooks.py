@@ -1,0 +1,175 @@
+"""The paper end to end: every notebook runs through `hesslib.paper.main` with the smoke parameters, writes its
+executed notebook, HTML and figures, and the manifest describes the figures exactly; figures are byte-identical
+across runs; committed notebooks are clean and parametrisable; a failing notebook fails the run cleanly.
+
+The notebooks run ONCE per session (module-scoped fixture, about a minute on 2 cores: most of it is papermill's
+kernel start-up, several seconds per notebook) and every check below reads that run.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from hesslib import paper
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "tests" / "smoke-params.yaml"
+NOTEBOOKS = paper.notebooks(ROOT)  # notebooks/[0-9][0-9]_*.ipynb, whatever exists
+# figures the first notebooks must write (later notebooks: at least one, named after their number)
+EXPECTED_FIGURES = {
+    "00_background": ["00_samples", "00_training_loss", "00_learning_curve"],
+    "01_rising_action": ["01_spectrum", "01_hessian_vs_random_curvature"],
+    "02_climax": ["02_surfaces_hessian_small_k", "02_surfaces_random_small_k"],
+    "03_falling_action": ["03_surfaces_hessian_large_k", "03_surfaces_random_large_k", "03_change_vs_k"],
+}
+RERUN = "03_falling_action"  # a fast notebook with 3D surfaces and line plots, rerun for byte-identity
+
+
+def _main(tmp: Path, figures: Path, cache: Path, *extra: str) -> int:
+    return paper.main(["--params-file", str(SMOKE), "-p", "output_dir", str(figures), "-p", "cache_dir", str(cache),
+                       "--build", str(tmp / "build"), "--no-progress", *extra])
+
+
+@pytest.fixture(scope="module")
+def environment():
+    """Run from the repository root (as `make paper` does), kernels single-threaded unless told otherwise."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ROOT)
+        if "OMP_NUM_THREADS" not in os.environ:
+            mp.setenv("OMP_NUM_THREADS", "1")
+            mp.setenv("MKL_NUM_THREADS", "1")
+        yield
+
+
+@pytest.fixture(scope="module")
+def paper_run(environment, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("paper")
+    figures, cache = tmp / "figures", tmp / "cache"
+    rc = _main(tmp, figures, cache)
+    return {"rc": rc, "build": tmp / "build", "figures": figures, "cache": cache}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _parameters_cell(nb) -> list:
+    return [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+
+
+# ---- (a) every notebook runs and leaves its outputs --------------------------------------------------------------
+def test_notebooks_exist():
+    names = [nb.stem for nb in NOTEBOOKS]
+    assert set(EXPECTED_FIGURES) <= set(names), f"missing notebooks: {sorted(set(EXPECTED_FIGURES) - set(names))}"
+
+
+def test_every_notebook_runs_and_is_rendered(paper_run):
+    assert paper_run["rc"] == 0
+    build = paper_run["build"]
+    for nb in NOTEBOOKS:
+        executed = build / "notebooks" / nb.name
+        assert executed.exists(), f"no executed notebook for {nb.name}"
+        assert (build / "html" / f"{nb.stem}.html").stat().st_size > 0
+        outputs = [o for c in nbformat.read(executed, as_version=4).cells for o in c.get("outputs", [])]
+        assert not [o for o in outputs if o.get("output_type") == "error"]
+        assert any("image/png" in o.get("data", {}) for o in outputs), f"{nb.name} shows no figure"
+    assert not (build / "failed").exists() or not list((build / "failed").iterdir())
+    assert not list(build.glob("notebooks/.*")), "temporary notebook files left behind"
+
+
+def test_expected_figures_exist(paper_run):
+    figures = paper_run["figures"]
+    for names in EXPECTED_FIGURES.values():
+        for name in names:
+            for ext in ("pdf", "png"):
+                path = figures / f"{name}.{ext}"
+                assert path.exists() and path.stat().st_size > 1000, f"missing or empty {path.name}"
+
+
+def test_manifest_lists_every_figure_with_its_notebook_parameters_commit_and_hashes(paper_run):
+    figures = paper_run["figures"]
+    manifest = json.loads((figures / "MANIFEST.json").read_text())
+    assert manifest["git_commit"] == paper.git_commit(ROOT)
+    entries = {entry["name"]: entry for entry in manifest["figures"]}
+    on_disk = {p.stem for p in figures.iterdir() if p.suffix in (".pdf", ".png")}
+    assert set(entries) == on_disk
+    smoke = yaml.safe_load(SMOKE.read_text())
+    by_notebook: dict[str, list[str]] = {}
+    for name, entry in entries.items():
+        notebook = Path(entry["notebook"])
+        assert notebook.parent.name == "notebooks" and (ROOT / notebook).exists()
+        assert name.startswith(notebook.name[:3]), f"{name} is not prefixed with its notebook's number"
+        by_notebook.setdefault(notebook.stem, []).append(name)
+        params = entry["parameters"]
+        assert params["output_dir"] == str(figures)
+        for key, value in smoke.items():
+            if key in params:
+                assert params[key] == value, f"{name}: parameter {key} = {params[key]!r}, passed {value!r}"
+        assert set(entry["files"]) == {"pdf", "png"}
+        for ext, info in entry["files"].items():
+            path = (ROOT / info["path"]).resolve()
+            assert path == (figures / f"{name}.{ext}").resolve()
+            assert info["sha256"] == _sha256(path)
+    assert set(by_notebook) == {nb.stem for nb in NOTEBOOKS}, "every notebook must write at least one figure"
+    for stem, names in EXPECTED_FIGURES.items():
+        assert set(names) <= set(by_notebook[stem])
+
+
+# ---- (b) byte-identical figures on a rerun -----------------------------------------------------------------------
+def test_rerun_gives_byte_identical_figures(paper_run, tmp_path):
+    assert paper_run["rc"] == 0
+    figures = tmp_path / "figures"
+    # a fresh cache too: training, eigenvectors and the surface grids are recomputed, not just re-plotted
+    assert _main(tmp_path, figures, tmp_path / "cache", "--only", RERUN) == 0
+    for name in EXPECTED_FIGURES[RERUN]:
+        for ext in ("pdf", "png"):
+            first, second = paper_run["figures"] / f"{name}.{ext}", figures / f"{name}.{ext}"
+            assert first.read_bytes() == second.read_bytes(), f"{name}.{ext} differs between two runs"
+
+
+# ---- (c) committed notebooks are clean and parametrisable --------------------------------------------------------
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[nb.stem for nb in NOTEBOOKS])
+def test_committed_notebook_is_clean_with_one_literal_parameters_cell(path):
+    import papermill as pm
+
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
+    assert "widgets" not in nb.metadata
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, "committed notebooks carry no outputs"
+    cells = _parameters_cell(nb)
+    assert len(cells) == 1 and cells[0].cell_type == "code", "exactly one code cell tagged 'parameters'"
+    names = []
+    for node in ast.parse(cells[0].source).body:
+        assert isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name), (
+            f"only plain `name = literal` lines, got: {ast.unparse(node)}")
+        ast.literal_eval(node.value)  # raises on anything but a literal
+        names.append(node.targets[0].id)
+    assert len(names) == len(set(names)), "a parameter is assigned twice"
+    assert {"output_dir", "cache_dir"} <= set(names)
+    # papermill must see every parameter (a comment containing '=' or ':' can hide one from it)
+    assert list(pm.inspect_notebook(str(path))) == names
+
+
+# ---- (d) a failing notebook fails the run and leaves nothing that looks done --------------------------------------
+def test_failing_notebook_returns_nonzero_and_leaves_no_output(environment, tmp_path):
+    first = NOTEBOOKS[0]
+    executed = tmp_path / "build" / "notebooks" / first.name
+    executed.parent.mkdir(parents=True)
+    executed.write_text("{}")  # a stale result from an earlier run must not survive a failed one
+    rc = _main(tmp_path, tmp_path / "figures", tmp_path / "cache", "--only", first.stem, "-p", "dataset", "nonexistent")
+    assert rc != 0
+    assert not executed.exists()
+    assert not (tmp_path / "build" / "html" / f"{first.stem}.html").exists()
+    assert (tmp_path / "build" / "failed" / first.name).exists()
+    assert not (tmp_path / "figures" / "MANIFEST.json").exists()
