@@ -142,18 +142,22 @@ def delta_theory(
     return DeltaCurve(k, delta, np.zeros_like(delta), label, sigma, {"kind": kind, "D": P.shape[1]})
 
 
+def _curve_and_tol(curve: DeltaCurve | np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """(k, Δ) of a curve (a bare array counts k from 1), after checking tol > 0."""
+    if not (isinstance(tol, int | float) and tol > 0):
+        raise ValueError(f"tol must be a number > 0, got {tol!r}")
+    if isinstance(curve, DeltaCurve):
+        return np.asarray(curve.k), np.asarray(curve.delta, dtype=float)
+    delta = np.asarray(curve, dtype=float)
+    return np.arange(1, len(delta) + 1), delta
+
+
 def sufficient_sample_size(curve: DeltaCurve | np.ndarray, tol: float) -> int | None:
     """K = inf{k : Δ_{k'} < tol for all k' ≥ k}: the k after the LAST exceedance (a NaN counts as one).
 
     Returns None when the last Δ is not below ``tol`` (the curve never settles).
     """
-    if not (isinstance(tol, int | float) and tol > 0):
-        raise ValueError(f"tol must be a number > 0, got {tol!r}")
-    if isinstance(curve, DeltaCurve):
-        k, delta = curve.k, np.asarray(curve.delta, dtype=float)
-    else:
-        delta = np.asarray(curve, dtype=float)
-        k = np.arange(1, len(delta) + 1)
+    k, delta = _curve_and_tol(curve, tol)
     below = delta < tol  # NaN compares False
     if len(delta) == 0 or not below[-1]:
         return None
@@ -295,12 +299,6 @@ def delta_unperturbed(batch_losses: np.ndarray | torch.Tensor) -> DeltaCurve:
 def first_below(curve: DeltaCurve | np.ndarray, tol: float) -> int | None:
     """The first k with Δ_k < tol (None if none): what a rule that stops at the first dip would report. It is
     never later than :func:`sufficient_sample_size`, and earlier whenever the curve comes back above ``tol``."""
-    if not (isinstance(tol, int | float) and tol > 0):
-        raise ValueError(f"tol must be a number > 0, got {tol!r}")
-    if isinstance(curve, DeltaCurve):
-        k, delta = curve.k, np.asarray(curve.delta, dtype=float)
-    else:
-        delta = np.asarray(curve, dtype=float)
-        k = np.arange(1, len(delta) + 1)
+    k, delta = _curve_and_tol(curve, tol)
     below = np.flatnonzero(delta < tol)
     return None if len(below) == 0 else int(k[below[0]])
