@@ -73,6 +73,8 @@ class Experiment:
         return config
 
     def _cached(self, kind: str, extra: dict, compute):
+        if "kind" in extra and extra["kind"] not in DIRECTIONS:
+            raise ValueError(f"direction kind must be one of {DIRECTIONS}, got {extra['kind']!r}")
         return cached(kind, {**self.config, **extra}, compute, cache_dir=self.cache_dir)
 
     # ---- directions ------------------------------------------------------------------------------------
@@ -93,10 +95,10 @@ class Experiment:
     # ---- landscapes and estimators ---------------------------------------------------------------------
     def loss_matrix(self, kind: str, D: int, *, sigma: float, samples: int, seed: int = 0) -> torch.Tensor:
         """[T, N] per-batch losses ℓ_i(w* + Pθ_t) for T = ``samples`` Gaussian θ (cached)."""
-        P = self.directions(kind, D, seed=seed)
         thetas = gaussian_thetas(D, sigma, samples, seed=seed)
         return self._cached("losses", dict(kind=kind, D=D, sigma=sigma, samples=samples, mc_seed=seed),
-                            lambda: subspace_losses(self.objective, P, thetas, progress=self.progress).cpu())
+                            lambda: subspace_losses(self.objective, self.directions(kind, D, seed=seed), thetas,
+                                                    progress=self.progress).cpu())
 
     def monte_carlo(self, kind: str, D: int, *, sigma: float, samples: int, seed: int = 0) -> DeltaCurve:
         """Monte Carlo Δ_k from the cached loss matrix."""
@@ -107,9 +109,8 @@ class Experiment:
 
     def curvature(self, kind: str, D: int, *, seed: int = 0) -> ProjectedCurvature:
         """Per-batch ℓ_i(w*), Pᵀ∇ℓ_i(w*), Pᵀ∇²ℓ_i(w*)P (cached)."""
-        P = self.directions(kind, D, seed=seed)
         return self._cached("curvature", dict(kind=kind, D=D, dir_seed=seed),
-                            lambda: projected_hessians(self.objective, P))
+                            lambda: projected_hessians(self.objective, self.directions(kind, D, seed=seed)))
 
     def theory(self, kind: str, D: int, *, sigma: float, formula: str = "second_order", seed: int = 0) -> DeltaCurve:
         """Closed-form Δ_k (``formula`` "paper" or "second_order") from the cached curvature."""
@@ -120,10 +121,10 @@ class Experiment:
 
     def surface(self, kind: str, *, extent: float, points: int, seed: int = 0) -> tuple[np.ndarray, torch.Tensor]:
         """Per-batch losses on a points x points grid over the first two directions: (axis, [points², N])."""
-        P = self.directions(kind, 2, seed=seed)
         axis, thetas = grid_thetas(extent, points)
         losses = self._cached("surface", dict(kind=kind, extent=extent, points=points, dir_seed=seed),
-                              lambda: subspace_losses(self.objective, P, thetas, progress=self.progress).cpu())
+                              lambda: subspace_losses(self.objective, self.directions(kind, 2, seed=seed), thetas,
+                                                      progress=self.progress).cpu())
         return axis.numpy(), losses
 
 

@@ -56,8 +56,8 @@ def plot_delta(ax: plt.Axes, curves: Sequence[DeltaCurve], *, times_k2: bool = F
     """Δ_k (or Δ_k·k² with ``times_k2``) against k on log-log axes, with ±2 standard-error bands where known."""
     for i, curve in enumerate(curves):
         scale = curve.k.astype(float) ** 2 if times_k2 else 1.0
-        label = labels[i] if labels else curve.label
-        color = colors[i] if colors else None
+        label = labels[i] if labels is not None else curve.label
+        color = colors[i] if colors is not None else None
         (line,) = ax.plot(curve.k, curve.delta * scale, label=label, color=color, lw=1.4)
         if np.any(curve.stderr > 0):
             low = np.clip(curve.delta - 2 * curve.stderr, curve.delta * 1e-3, None) * scale

@@ -5,42 +5,24 @@ it re-estimates the top-D subspace at the current weights (block Lanczos warm-st
 subspace), computes Δ_k for the newest pair (L_k, L_{k+1}) with the second-order estimate (or the paper's
 formula) from one pass of :func:`~hesslib.hessian.projected_hessians`, and reports whether Δ has stayed below
 ``tol`` for ``patience`` consecutive k. K is the first k of that run. :func:`run_online_stopping` is such a loop.
-
-Offline, the paper's Table 1: :func:`sample_size_row` trains one model from scratch, solves for the top-D
-Hessian eigenvectors and runs Monte Carlo, timing each step, and reads K and L_K(w*) for each tolerance;
-:func:`sample_size_table` does that for datasets x models (skipping datasets whose files are missing) and
-:func:`table_cells` / :func:`format_table` lay the rows out as text.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .cache import DEFAULT_CACHE_DIR, cached
-from .data import Dataset, load_dataset
+from .data import Dataset
 from .eigen import top_eigenpairs
-from .estimators import (
-    KINDS,
-    DeltaCurve,
-    delta_from_losses,
-    gaussian_thetas,
-    sample_size_curve,
-    sufficient_sample_size,
-    theory_from_curvature,
-)
+from .estimators import KINDS, theory_from_curvature
 from .hessian import Objective, projected_hessians
 from .losses import check_loss, per_sample_loss
 from .models import make_model
-from .subspace import subspace_losses
-from .training import train
 
 
 class OnlineStopping:
@@ -184,166 +166,3 @@ def run_online_stopping(
 
 
 # ---- offline: the paper's Table 1 ------------------------------------------------------------------------------
-@dataclass
-class SampleSizeRow:
-    """One model on one dataset: K (in batches) and L_K(w*) for each tolerance, read from a Monte Carlo Δ_k curve
-    along the top-D Hessian eigenvectors, and the wall time of each step (``seconds``: "train", "eigen",
-    "monte_carlo") as measured when the row was computed from scratch with ``threads`` CPU threads.
-
-    ``K_range`` brackets each K by Monte Carlo noise: K of Δ − 2 s.e. and of Δ + 2 s.e. (NaN: never settles).
-    """
-
-    dataset: str
-    model: str
-    num_params: int
-    num_batches: int
-    tolerances: list[float]
-    K: list[int | None]
-    K_range: list[tuple[float, float]]
-    loss_at_K: list[float | None]
-    train_accuracy: float
-    curve: DeltaCurve
-    seconds: dict[str, float]
-    threads: int
-    config: dict = field(default_factory=dict)
-    computed_now: bool = True  # False: read from the cache, ``seconds`` as measured when it was computed
-
-    @property
-    def total_seconds(self) -> float:
-        """Train + eigen-solve + Monte Carlo, the cost of the row (one computation serves every tolerance)."""
-        return float(sum(self.seconds.values()))
-
-
-def sample_size_row(
-    dataset: str,
-    *,
-    model: str,
-    tolerances: Sequence[float],
-    limit: int | None = None,
-    root: str | Path = "data",
-    hidden: Sequence[int] = (256, 256),
-    channels: Sequence[int] = (8, 16),
-    epochs: int = 10,
-    lr: float = 1e-3,
-    train_batch_size: int = 64,
-    seed: int = 0,
-    batch_size: int = 64,
-    D: int = 10,
-    sigma: float = 1.0,
-    samples: int = 1024,
-    eig_tol: float = 1e-4,
-    device: str = "cpu",
-    cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
-    progress: bool = True,
-) -> SampleSizeRow:
-    """One row of the paper's Table 1, computed from scratch and timed step by step.
-
-    Trains w* (the same recipe as :class:`~hesslib.experiment.Experiment`, but never from the training cache),
-    finds the top-``D`` Hessian eigenvectors (Lanczos to ``eig_tol``, seed 0, as ``Experiment.eigenpairs``),
-    evaluates the [``samples``, N] loss matrix for θ ~ N(0, σ² I_D) (seed ``seed``) and reads K and L_K(w*)
-    for every tolerance. The measurement (curve, per-batch losses at w*, step times) is stored under
-    ``cache_dir`` keyed by its configuration, so a re-run reports the times recorded when it was computed;
-    ``cache_dir=None`` always recomputes. Tolerances are not part of the key: K is read afterwards.
-    """
-    if not tolerances or any(not (isinstance(t, int | float) and t > 0) for t in tolerances):
-        raise ValueError(f"tolerances must be a non-empty list of numbers > 0, got {tolerances!r}")
-    if not isinstance(samples, int) or samples < 2:
-        raise ValueError(f"samples must be an integer >= 2 (for a standard error), got {samples!r}")
-    data = load_dataset(dataset, root=root, limit=limit)
-    config = dict(dataset=dataset, limit=len(data), model=model, hidden=list(hidden), channels=list(channels),
-                  epochs=epochs, lr=lr, train_batch_size=train_batch_size, seed=seed, batch_size=batch_size, D=D,
-                  sigma=float(sigma), samples=samples, eig_tol=eig_tol, device=str(device))
-
-    computed = []
-
-    def measure() -> dict:
-        computed.append(True)
-        start = time.perf_counter()
-        net, record = train(dataset, model=model, limit=limit, root=root, hidden=hidden, channels=channels,
-                            lr=lr, epochs=epochs, batch_size=train_batch_size, seed=seed, device=device,
-                            cache_dir=None, progress=progress)
-        trained = time.perf_counter()
-        objective = Objective(net, data.X, data.y, batch_size=batch_size, device=device)
-        eig = top_eigenpairs(objective, D, tol=eig_tol, seed=0, progress=progress)
-        solved = time.perf_counter()
-        thetas = gaussian_thetas(D, sigma, samples, seed=seed)
-        losses = subspace_losses(objective, eig.eigenvectors, thetas, progress=progress)
-        delta, stderr = delta_from_losses(losses)
-        done = time.perf_counter()
-        return dict(delta=delta, stderr=stderr, batch_losses=objective.batch_losses().cpu().double().numpy(),
-                    num_params=objective.num_params, train_accuracy=record.train_accuracy,
-                    eig_converged=bool(eig.converged), eig_hvps=int(eig.num_hvps), threads=torch.get_num_threads(),
-                    seconds=dict(train=trained - start, eigen=solved - trained, monte_carlo=done - solved))
-
-    m = cached("sample-size-row", config, measure, cache_dir=cache_dir)
-    N = len(m["batch_losses"])
-    curve = DeltaCurve(np.arange(1, N), m["delta"], m["stderr"], "Monte Carlo", float(sigma),
-                       {"samples": samples, "seed": seed, "D": D, "directions": "hessian",
-                        "eig_converged": m["eig_converged"], "eig_hvps": m["eig_hvps"]})
-    Ks = [sufficient_sample_size(curve, float(t)) for t in tolerances]
-    low, high = sample_size_curve(curve, tolerances, z=-2.0), sample_size_curve(curve, tolerances, z=2.0)
-    loss_at_K = [None if K is None else float(np.mean(m["batch_losses"][:K])) for K in Ks]
-    return SampleSizeRow(dataset, model, int(m["num_params"]), N, [float(t) for t in tolerances], Ks,
-                         [(float(a), float(b)) for a, b in zip(low, high, strict=True)], loss_at_K,
-                         float(m["train_accuracy"]), curve, dict(m["seconds"]), int(m["threads"]), config,
-                         computed_now=bool(computed))
-
-
-def sample_size_table(
-    datasets: Sequence[tuple[str, int | None]],
-    models: Sequence[str],
-    *,
-    tolerances: Sequence[float],
-    root: str | Path = "data",
-    **kwargs,
-) -> tuple[list[SampleSizeRow], list[str]]:
-    """:func:`sample_size_row` for every (dataset, limit) x model; returns (rows, skipped), where ``skipped``
-    says why a dataset was left out (its files are missing: ``load_dataset`` raised FileNotFoundError)."""
-    rows: list[SampleSizeRow] = []
-    skipped: list[str] = []
-    for name, limit in datasets:
-        try:
-            load_dataset(name, root=root, limit=1)
-        except FileNotFoundError as exc:
-            skipped.append(f"{name}: skipped, {exc}")
-            continue
-        for model in models:
-            rows.append(sample_size_row(name, model=model, tolerances=tolerances, limit=limit, root=root, **kwargs))
-    return rows, skipped
-
-
-TABLE_HEADER = ("dataset", "model", "params", "N", "Δ (tol)", "K", "K (Δ ± 2 s.e.)", "K·B samples", "L_K(w*)",
-                "time, s")
-
-
-def format_K(K: int | float | None, num_batches: int) -> str:
-    """K as text: the number of batches, or "never (K > N − 1)" when Δ does not settle (None or NaN)."""
-    if K is None or (isinstance(K, float) and np.isnan(K)):
-        return f"never (K > {num_batches - 1})"
-    return str(int(K))
-
-
-def table_cells(rows: Sequence[SampleSizeRow]) -> tuple[tuple[str, ...], list[list[str]]]:
-    """(header, cells) of the table, one line per row and tolerance: K and K·B ("not reached" if Δ never
-    settles below the tolerance within N − 1), the ±2 s.e. bracket of K, L_K(w*) and the row's total time."""
-    cells = []
-    for row in rows:
-        batch_size = row.config.get("batch_size", 64)
-        for tol, K, (low, high), loss in zip(row.tolerances, row.K, row.K_range, row.loss_at_K, strict=True):
-            bracket = "–".join("never" if np.isnan(v) else str(int(v)) for v in (low, high))
-            cells.append([row.dataset, row.model, f"{row.num_params:,}", str(row.num_batches), f"{tol:g}",
-                          "not reached" if K is None else str(K), bracket,
-                          "–" if K is None else f"{K * batch_size:,}", "–" if loss is None else f"{loss:.4f}",
-                          f"{row.total_seconds:.1f}"])
-    return TABLE_HEADER, cells
-
-
-def format_table(rows: Sequence[SampleSizeRow]) -> str:
-    """The table as GitHub-flavoured markdown, columns padded so it also reads as plain text."""
-    header, cells = table_cells(rows)
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
-
-    def line(values: Sequence[str]) -> str:
-        return "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)) + " |"
-
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
