@@ -1,47 +1,64 @@
 """hesslib: loss-landscape convergence in a Hessian low-dimensional space.
 
-The modules follow the method: data -> models -> training -> Hessian -> subspace -> estimators -> plots.
+The modules follow the method: data -> models -> training -> operators / hessian (the loss Hessian as an
+operator, per-batch projected curvature) -> eigen (top-D eigenpairs) -> subspace (w = w* + Pθ) -> estimators
+(Δ_k by Monte Carlo and in closed form, K) -> surfaces (2-D grids) -> experiment (cached pipeline) ->
+sample_size (the paper's Table 1) and stopping (the online rule) -> plots and paper (figures, `make paper`).
+
+``__all__`` lists what a user of the method calls; result types (``EigenResult``, ``ProjectedCurvature``, ...)
+and helpers stay in their modules.
 """
 
 __version__ = "0.1.0"
 
-from .data import DATASETS, Dataset, load_dataset, read_idx  # noqa: E402
-from .eigen import DenseOperator, EigenResult, top_eigenpairs  # noqa: E402
+from .data import load_dataset  # noqa: E402
+from .eigen import rayleigh_quotients, spectrum_ratios, top_eigenpairs  # noqa: E402
 from .estimators import (  # noqa: E402
-    Agreement,
     DeltaCurve,
-    LinearFit,
     compare_to_reference,
+    delta_from_curvature,
     delta_from_losses,
     delta_monte_carlo,
     delta_ratio,
     delta_theory,
     delta_unperturbed,
+    first_below,
     fit_against,
+    format_K,
     gaussian_thetas,
     loglog_slope,
-    moving_average,
+    loss_changes,
     prefix_means,
+    sample_size_curve,
     sufficient_sample_size,
-    theory_from_curvature,
 )
-from .experiment import Experiment, project_root, surfaces_at  # noqa: E402
-from .hessian import Objective, ProjectedCurvature, projected_hessians  # noqa: E402
-from .models import MODELS, make_model, num_params  # noqa: E402
-from .stopping import OnlineResult, OnlineStopping, run_online_stopping  # noqa: E402
+from .experiment import Experiment  # noqa: E402
+from .hessian import Objective, curvature_spread, projected_hessians  # noqa: E402
+from .models import make_model  # noqa: E402
+from .operators import DenseOperator, Operator  # noqa: E402
+from .sample_size import format_table, sample_size_table, table_cells  # noqa: E402
+from .stopping import OnlineStopping, run_online_stopping  # noqa: E402
 from .subspace import grid_thetas, random_directions, subspace_losses  # noqa: E402
-from .training import TrainRecord, evaluate, train  # noqa: E402
+from .surfaces import surface_change_curves, surface_limits, surfaces_at  # noqa: E402
+from .training import learning_curve, train  # noqa: E402
 
 __all__ = [
-    "DATASETS", "Dataset", "load_dataset", "read_idx",
-    "MODELS", "make_model", "num_params",
-    "TrainRecord", "evaluate", "train",
-    "Objective", "ProjectedCurvature", "projected_hessians",
-    "DenseOperator", "EigenResult", "top_eigenpairs",
-    "grid_thetas", "random_directions", "subspace_losses",
-    "Experiment", "project_root", "surfaces_at", "OnlineResult", "OnlineStopping", "run_online_stopping",
-    "DeltaCurve", "delta_from_losses", "delta_monte_carlo", "delta_theory", "gaussian_thetas", "loglog_slope",
-    "moving_average", "sufficient_sample_size", "theory_from_curvature",
-    "Agreement", "LinearFit", "compare_to_reference", "delta_ratio", "delta_unperturbed", "fit_against",
-    "prefix_means",
+    # data, models, training
+    "load_dataset", "make_model", "train", "learning_curve",
+    # the Hessian as an operator
+    "Operator", "DenseOperator", "Objective", "projected_hessians", "curvature_spread",
+    # its top eigenpairs
+    "top_eigenpairs", "rayleigh_quotients", "spectrum_ratios",
+    # the subspace w = w* + Pθ
+    "random_directions", "gaussian_thetas", "grid_thetas", "subspace_losses",
+    # Δ_k: its pieces, Monte Carlo and closed forms
+    "DeltaCurve", "prefix_means", "loss_changes", "delta_from_losses", "delta_monte_carlo", "delta_from_curvature",
+    "delta_theory", "delta_unperturbed",
+    # reading Δ_k curves: K, slopes, agreement
+    "sufficient_sample_size", "sample_size_curve", "first_below", "format_K", "loglog_slope",
+    "compare_to_reference", "delta_ratio", "fit_against",
+    # surfaces over a 2-D grid
+    "surfaces_at", "surface_limits", "surface_change_curves",
+    # the cached pipeline, the paper's Table 1 and the online rule
+    "Experiment", "sample_size_table", "format_table", "table_cells", "OnlineStopping", "run_online_stopping",
 ]

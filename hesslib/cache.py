@@ -24,6 +24,17 @@ from . import __version__
 DEFAULT_CACHE_DIR = Path("data") / "cache"
 
 
+def project_root(start: str | Path | None = None) -> Path:
+    """The folder holding ``pyproject.toml`` and ``hesslib/`` above ``start`` (default: the current directory),
+    so relative data, cache and figure folders mean the same from ``notebooks/`` (JupyterLab) and from the
+    repository root (papermill); ``start`` itself when there is none (hesslib used outside its repository)."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").exists() and (folder / "hesslib").is_dir():
+            return folder
+    return here
+
+
 def config_key(config: dict[str, Any]) -> str:
     """Stable 16-hex-digit key of a configuration (sorted-key JSON plus the library version)."""
     payload = json.dumps({"hesslib": __version__, **config}, sort_keys=True, default=str)
@@ -88,17 +99,21 @@ def load_npz(path: Path, required: tuple[str, ...]) -> dict[str, np.ndarray] | N
 
 
 def cached(
-    kind: str,
+    namespace: str,
     config: dict[str, Any],
     compute: Callable[[], Any],
     *,
     cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
     validate: Callable[[Any], bool] | None = None,
 ) -> Any:
-    """Return ``compute()``, memoised in ``cache_dir/kind-<key>.pt`` (``cache_dir=None`` disables caching)."""
+    """Return ``compute()``, memoised in ``cache_dir/<namespace>-<key>.pt`` (``cache_dir=None`` disables caching).
+
+    ``namespace`` names what is cached ("train", "eigen", "losses", ...) and is part of the key; a stored value
+    is used only if its stored ``config`` equals ``config`` and ``validate`` (if given) accepts it.
+    """
     if cache_dir is None:
         return compute()
-    path = Path(cache_dir) / f"{kind}-{config_key({'kind': kind, **config})}.pt"
+    path = Path(cache_dir) / f"{namespace}-{config_key({'kind': namespace, **config})}.pt"
     obj = load_torch(path)
     if obj is not None and isinstance(obj, dict) and obj.get("config") == config:
         if validate is None or validate(obj["value"]):

@@ -1,7 +1,8 @@
 """Top-D eigenpairs of a symmetric operator given only by (batched) matrix products H V.
 
-The algorithms only need ``op.hvp(V)`` for V of shape [M, r], ``op.num_params``, ``op.dtype`` and ``op.device``:
-an :class:`~hesslib.hessian.Objective` or a :class:`DenseOperator`. Both stop on the residual
+The algorithms only need the :class:`~hesslib.operators.Operator` contract: ``hvp(V)`` for V of shape [M, r],
+``num_params``, ``dtype`` and ``device`` (an :class:`~hesslib.hessian.Objective`, a
+:class:`~hesslib.operators.DenseOperator`, or a user's own operator). Both stop on the residual
 ‖H v − λ v‖ / |λ| < tol of every requested pair.
 
 * ``"lanczos"`` (default): block Lanczos with full re-orthogonalisation and thick restarts. Each step makes
@@ -17,35 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, get_args
 
 import torch
 from tqdm.auto import tqdm
 
-METHODS = ("lanczos", "power")
+from .operators import Operator, check_block, check_operator
 
-
-class Operator(Protocol):
-    num_params: int
-    dtype: torch.dtype
-    device: torch.device
-
-    def hvp(self, V: torch.Tensor) -> torch.Tensor: ...
-
-
-class DenseOperator:
-    """A dense symmetric matrix as an operator (for tests and small problems)."""
-
-    def __init__(self, H: torch.Tensor) -> None:
-        if H.dim() != 2 or H.shape[0] != H.shape[1]:
-            raise ValueError(f"H must be a square matrix, got shape {list(H.shape)}")
-        self.H = H
-        self.num_params = H.shape[0]
-        self.dtype = H.dtype
-        self.device = H.device
-
-    def hvp(self, V: torch.Tensor) -> torch.Tensor:
-        return self.H @ V
+EigenMethod = Literal["lanczos", "power"]
+METHODS: tuple[str, ...] = get_args(EigenMethod)
 
 
 @dataclass
@@ -62,10 +43,10 @@ class EigenResult:
 
 
 def top_eigenpairs(
-    objective: Operator,
+    operator: Operator,
     d: int,
     *,
-    method: str = "lanczos",
+    method: EigenMethod = "lanczos",
     tol: float = 1e-4,
     seed: int = 0,
     max_hvps: int | None = None,
@@ -81,7 +62,7 @@ def top_eigenpairs(
     min(d, 4), the fastest on the paper's MLP in ``benchmarks/bench_eigen.py``) and ``max_basis`` (default
     max(3d, d + 6b)) tune Lanczos.
     """
-    M = objective.num_params
+    M = check_operator(operator).num_params
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not isinstance(d, int) or not 1 <= d < M:
@@ -95,14 +76,14 @@ def top_eigenpairs(
         raise ValueError(f"init must have shape [{M}, j] with j >= 1, got {list(init.shape)}")
     generator = torch.Generator(device="cpu").manual_seed(seed)
     if method == "power":
-        return _power(objective, d, tol, max_hvps, generator, init, progress)
+        return _power(operator, d, tol, max_hvps, generator, init, progress)
     b = min(d, 4) if block_size is None else block_size
     if not 1 <= b <= M:
         raise ValueError(f"block_size must be in [1, {M}], got {b}")
     m_max = min(M, max(3 * d, d + 6 * b) if max_basis is None else max_basis)
     if m_max < d + b and m_max < M:
         raise ValueError(f"max_basis must be >= d + block_size = {d + b}, got {m_max}")
-    return _block_lanczos(objective, d, b, m_max, tol, max_hvps, generator, init, progress)
+    return _block_lanczos(operator, d, b, m_max, tol, max_hvps, generator, init, progress)
 
 
 def _random(op: Operator, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -200,9 +181,7 @@ def _power(op, d, tol, max_hvps, generator, init, progress) -> EigenResult:
 def rayleigh_quotients(op: Operator, V: torch.Tensor) -> torch.Tensor:
     """vᵀHv for each column v of ``V`` [M, r] (the curvature of the loss along v when ‖v‖ = 1), from ONE batched
     product H V. For eigenvectors these are their eigenvalues."""
-    if V.dim() != 2 or V.shape[0] != op.num_params or V.shape[1] < 1:
-        raise ValueError(f"V must have shape [{op.num_params}, r] with r >= 1, got {list(V.shape)}")
-    V = V.to(op.device, op.dtype)
+    V = check_block(op, V.to(op.device, op.dtype), "V")
     return (V * op.hvp(V)).sum(0)
 
 

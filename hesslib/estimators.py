@@ -1,29 +1,46 @@
 """Δ_k = E_θ[(L_{k+1}(w* + Pθ) − L_k(w* + Pθ))²], θ ~ N(0, σ² I_D), for every k = 1..N−1 at once.
 
-* :func:`delta_monte_carlo`: ground truth from one [T, N] matrix of per-batch losses;
-* :func:`delta_theory`: closed forms from prefix sums of per-batch projected curvature
-  (``kind="paper"``: the paper's Theorem 1; ``kind="second_order"``: the exact Gaussian moments of the
-  second-order expansion);
-* :func:`sufficient_sample_size`, :func:`sample_size_curve`, :func:`settling_envelope`, :func:`moving_average`,
-  :func:`loglog_slope`: reading the curves.
+* the pieces: :func:`prefix_means` (L_k = (1/k) Σ_{i≤k} ℓ_i) and :func:`loss_changes`
+  (L_{k+1} − L_k = (ℓ_{k+1} − L_k)/(k+1)), the one place where either is computed;
+* :func:`delta_monte_carlo` / :func:`delta_from_losses`: ground truth from one [T, N] matrix of per-batch losses;
+* :func:`delta_theory` / :func:`delta_from_curvature`: closed forms from prefix sums of per-batch projected
+  curvature (``formula="paper"``: the paper's Theorem 1; ``formula="second_order"``: the exact Gaussian moments
+  of the second-order expansion);
+* :func:`sufficient_sample_size` (the one home of the last-exceedance rule for K), :func:`sample_size_curve`,
+  :func:`settling_envelope`, :func:`first_below`, :func:`moving_average`, :func:`loglog_slope`,
+  :func:`compare_to_reference`, :func:`fit_against`: reading the curves.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
 from .hessian import Objective, ProjectedCurvature, projected_hessians
+from .operators import check_block
 from .subspace import subspace_losses
 
-KINDS = ("paper", "second_order")
+Formula = Literal["paper", "second_order"]
+FORMULAS: tuple[str, ...] = get_args(Formula)
+FORMULA_LABELS: dict[str, str] = {"paper": "paper's formula", "second_order": "second-order estimate"}
+MONTE_CARLO_LABEL = "Monte Carlo"
 
 
 @dataclass
 class DeltaCurve:
-    """Δ_k for k = 1..N−1 (``k``, ``delta``), its standard error (zeros for closed forms), and how it was made."""
+    """Δ_k for k = 1..N−1 (``k``, ``delta``), its standard error (zeros for closed forms), and how it was made.
+
+    Attributes:
+        k: int array [N−1], the number of batches k of each point.
+        delta: float array [N−1], Δ_k.
+        stderr: float array [N−1], the standard error of Δ_k (0 where the value is exact).
+        label: what made it ("Monte Carlo", "paper's formula", "second-order estimate", ...).
+        sigma: the σ of θ ~ N(0, σ² I_D) (0 for the unperturbed curve, NaN where σ does not apply).
+        meta: further settings (samples, seeds, D, directions, formula, ...).
+    """
 
     k: np.ndarray
     delta: np.ndarray
@@ -35,6 +52,11 @@ class DeltaCurve:
     def __len__(self) -> int:
         return len(self.k)
 
+    @property
+    def num_batches(self) -> int:
+        """N, the number of batches the curve was made from (its last k is N − 1)."""
+        return int(self.k[-1]) + 1 if len(self.k) else 1
+
 
 def _check_sigma(sigma: float) -> float:
     if not (isinstance(sigma, int | float) and np.isfinite(sigma) and sigma > 0):
@@ -42,33 +64,81 @@ def _check_sigma(sigma: float) -> float:
     return float(sigma)
 
 
+def _check_formula(formula: str) -> str:
+    if formula not in FORMULAS:
+        raise ValueError(f"formula must be one of {FORMULAS}, got {formula!r}")
+    return formula
+
+
 def _check_P(objective: Objective, P: torch.Tensor) -> torch.Tensor:
-    P = objective._check_block(P, "P")
+    P = check_block(objective, P, "P")
     if objective.num_batches < 2:
         raise ValueError(f"need at least 2 batches to form Δ_k, got num_batches={objective.num_batches}")
     return P
 
 
 def gaussian_thetas(D: int, sigma: float, samples: int, *, seed: int = 0) -> torch.Tensor:
-    """θ_1..θ_T ~ N(0, σ² I_D) as a [T, D] float64 tensor, reproducible from ``seed``."""
+    """θ_1..θ_T ~ N(0, σ² I_D) as a [T, D] float64 tensor (T = ``samples``), reproducible from ``seed``."""
     generator = torch.Generator().manual_seed(seed)
     return sigma * torch.randn(samples, D, generator=generator, dtype=torch.float64)
 
 
-def delta_from_losses(batch_losses: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def _float64(values: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
+    """``values`` as a float64 CPU tensor with at least one entry along its last axis."""
+    t = values.detach() if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values))
+    if t.dim() == 0 or t.shape[-1] == 0:
+        raise ValueError(f"{name} must have at least one batch along its last axis, got shape {list(t.shape)}")
+    return t.to("cpu", torch.float64)
+
+
+def _prefix_means(losses: torch.Tensor) -> torch.Tensor:
+    return losses.cumsum(-1) / torch.arange(1, losses.shape[-1] + 1, dtype=torch.float64)
+
+
+def prefix_means(values: np.ndarray | torch.Tensor) -> np.ndarray:
+    """L_k = (1/k) Σ_{i≤k} ℓ_i for k = 1..N along the last axis of ``values`` [..., N], in float64; index
+    ``k − 1`` holds L_k (e.g. L_k(w*) from ``Objective.batch_losses()``).
+
+    Example:
+        >>> prefix_means([1.0, 3.0, 2.0]).tolist()
+        [1.0, 2.0, 2.0]
+    """
+    return _prefix_means(_float64(values, "values")).numpy()
+
+
+def loss_changes(batch_losses: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """L_{k+1} − L_k = (ℓ_{k+1} − L_k)/(k+1) for k = 1..N−1 along the last axis of ``batch_losses`` [..., N]
+    (e.g. ℓ_i(w* + Pθ_t) as [T, N]): a float64 CPU tensor [..., N−1] whose index ``k − 1`` holds the change
+    for k. The telescoped form avoids differencing two nearly equal prefix means.
+
+    Example:
+        >>> loss_changes(torch.tensor([1.0, 3.0, 2.0])).tolist()
+        [1.0, 0.0]
+    """
+    losses = _float64(batch_losses, "batch_losses")
+    if losses.shape[-1] < 2:
+        raise ValueError(f"need at least 2 batches to form L_(k+1) - L_k, got {losses.shape[-1]}")
+    k = torch.arange(1, losses.shape[-1], dtype=torch.float64)
+    return (losses[..., 1:] - _prefix_means(losses)[..., :-1]) / (k + 1)
+
+
+def delta_from_losses(batch_losses: np.ndarray | torch.Tensor, *, sigma: float = float("nan"),
+                      meta: dict | None = None) -> DeltaCurve:
     """Monte Carlo Δ_k and its standard error from per-batch losses ℓ_i(w* + Pθ_t), a [T, N] matrix.
 
-    L_k = (1/k) Σ_{i≤k} ℓ_i along each row (one batch order for every θ), the SAME θ for L_k and L_{k+1};
-    L_{k+1} − L_k = (ℓ_{k+1} − L_k)/(k+1) in float64; Δ_k = mean over t of its square, stderr = std / √T.
+    Δ_k = (1/T) Σ_t (L_{k+1} − L_k)²(θ_t) with :func:`loss_changes` along each row (one batch order for every θ,
+    the SAME θ for L_k and L_{k+1}); stderr = std_t / √T (NaN for T = 1). ``sigma`` and ``meta`` describe how
+    the θ were drawn and are stored on the curve.
     """
-    losses = batch_losses.double().cpu()
-    T, N = losses.shape
-    k = torch.arange(1, N, dtype=torch.float64)
-    prefix = losses.cumsum(1)[:, :-1] / k  # L_k, k = 1..N-1
-    squared = ((losses[:, 1:] - prefix) / (k + 1)) ** 2  # (L_{k+1} - L_k)²
+    squared = loss_changes(batch_losses) ** 2
+    if squared.dim() != 2:
+        raise ValueError(f"batch_losses must be a [T, N] matrix, got shape {list(squared.shape[:-1]) + ['N']}")
+    T = squared.shape[0]
     delta = squared.mean(0)
     stderr = squared.std(0, correction=1) / np.sqrt(T) if T > 1 else torch.full_like(delta, float("nan"))
-    return delta.numpy(), stderr.numpy()
+    k = np.arange(1, squared.shape[1] + 1)
+    return DeltaCurve(k, delta.numpy(), stderr.numpy(), MONTE_CARLO_LABEL, float(sigma),
+                      {"samples": T, **(meta or {})})
 
 
 def delta_monte_carlo(
@@ -87,12 +157,10 @@ def delta_monte_carlo(
     P = _check_P(objective, P)
     thetas = gaussian_thetas(P.shape[1], sigma, samples, seed=seed)
     losses = subspace_losses(objective, P, thetas, progress=progress)
-    delta, stderr = delta_from_losses(losses)
-    k = np.arange(1, objective.num_batches)
-    return DeltaCurve(k, delta, stderr, "Monte Carlo", sigma, {"samples": samples, "seed": seed, "D": P.shape[1]})
+    return delta_from_losses(losses, sigma=sigma, meta={"seed": seed, "D": P.shape[1]})
 
 
-def theory_from_curvature(curvature: ProjectedCurvature, sigma: float, kind: str) -> np.ndarray:
+def delta_from_curvature(curvature: ProjectedCurvature, sigma: float, formula: Formula) -> DeltaCurve:
     """Closed-form Δ_k, k = 1..N−1, from per-batch terms, via prefix means L_k, Pᵀ∇L_k, PᵀH_kP.
 
     ``"second_order"``: with a_k = L_{k+1} − L_k, c_k = Pᵀ(∇L_{k+1} − ∇L_k), B_k = Pᵀ(H_{k+1} − H_k)P (full D×D),
@@ -102,24 +170,26 @@ def theory_from_curvature(curvature: ProjectedCurvature, sigma: float, kind: str
         Δ_k ≈ σ⁴/4 (2 Σ_d Δλ_d² + (Σ_d Δλ_d)²).
     """
     sigma = _check_sigma(sigma)
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    _check_formula(formula)
     losses, grads, hessians = (t.double().cpu() for t in (curvature.losses, curvature.grads, curvature.hessians))
-    N = len(losses)
+    N, D = grads.shape
+    if N < 2:
+        raise ValueError(f"need at least 2 batches to form Δ_k, got {N}")
     counts = torch.arange(1, N + 1, dtype=torch.float64)
     H = hessians.cumsum(0) / counts[:, None, None]  # PᵀH_kP
-    if kind == "paper":
+    if formula == "paper":
         lam = torch.linalg.eigvalsh(0.5 * (H + H.transpose(1, 2))).flip(-1)
         dlam = lam[1:] - lam[:-1]
         delta = sigma**4 / 4 * (2 * (dlam**2).sum(1) + dlam.sum(1) ** 2)
-        return delta.numpy()
-    L = losses.cumsum(0) / counts
-    G = grads.cumsum(0) / counts[:, None]
-    a, c, B = L[1:] - L[:-1], G[1:] - G[:-1], H[1:] - H[:-1]
-    trB = B.diagonal(dim1=1, dim2=2).sum(1)
-    trB2 = (B * B.transpose(1, 2)).sum((1, 2))
-    delta = a**2 + sigma**2 * (c**2).sum(1) + a * sigma**2 * trB + sigma**4 / 4 * (2 * trB2 + trB**2)
-    return delta.numpy()
+    else:
+        a = loss_changes(losses)
+        G = grads.cumsum(0) / counts[:, None]
+        c, B = G[1:] - G[:-1], H[1:] - H[:-1]
+        trB = B.diagonal(dim1=1, dim2=2).sum(1)
+        trB2 = (B * B.transpose(1, 2)).sum((1, 2))
+        delta = a**2 + sigma**2 * (c**2).sum(1) + a * sigma**2 * trB + sigma**4 / 4 * (2 * trB2 + trB**2)
+    return DeltaCurve(np.arange(1, N), delta.numpy(), np.zeros(N - 1), FORMULA_LABELS[formula], sigma,
+                      {"formula": formula, "D": D})
 
 
 def delta_theory(
@@ -127,19 +197,16 @@ def delta_theory(
     P: torch.Tensor,
     *,
     sigma: float,
-    kind: str = "second_order",
+    formula: Formula = "second_order",
     curvature: ProjectedCurvature | None = None,
 ) -> DeltaCurve:
-    """Closed-form Δ_k for every k from ONE pass of :func:`projected_hessians` (pass ``curvature`` to reuse it)."""
+    """Closed-form Δ_k for every k (:func:`delta_from_curvature`) from ONE pass of :func:`projected_hessians`
+    (pass ``curvature`` to reuse one)."""
     sigma = _check_sigma(sigma)
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    _check_formula(formula)
     P = _check_P(objective, P)
     curvature = projected_hessians(objective, P) if curvature is None else curvature
-    delta = theory_from_curvature(curvature, sigma, kind)
-    label = "paper's formula" if kind == "paper" else "second-order estimate"
-    k = np.arange(1, objective.num_batches)
-    return DeltaCurve(k, delta, np.zeros_like(delta), label, sigma, {"kind": kind, "D": P.shape[1]})
+    return delta_from_curvature(curvature, sigma, formula)
 
 
 def _curve_and_tol(curve: DeltaCurve | np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
@@ -155,7 +222,19 @@ def _curve_and_tol(curve: DeltaCurve | np.ndarray, tol: float) -> tuple[np.ndarr
 def sufficient_sample_size(curve: DeltaCurve | np.ndarray, tol: float) -> int | None:
     """K = inf{k : Δ_{k'} < tol for all k' ≥ k}: the k after the LAST exceedance (a NaN counts as one).
 
-    Returns None when the last Δ is not below ``tol`` (the curve never settles).
+    Args:
+        curve: a :class:`DeltaCurve`, or a bare array of Δ_k whose first entry is k = 1.
+        tol: the tolerance Δ > 0.
+
+    Returns:
+        K, or None when the last Δ is not below ``tol`` (the curve never settles; see :func:`format_K`).
+
+    Raises:
+        ValueError: if ``tol`` is not a number > 0.
+
+    Example:
+        >>> sufficient_sample_size(np.array([0.5, 0.05, 0.2, 0.04, 0.03]), 0.1)
+        4
     """
     k, delta = _curve_and_tol(curve, tol)
     below = delta < tol  # NaN compares False
@@ -184,15 +263,6 @@ def loglog_slope(curve: DeltaCurve, *, k_min: int = 1, k_max: int | None = None)
         raise ValueError(f"need at least 2 positive Δ_k with {k_min} <= k <= {k_max} to fit a slope")
     slope, intercept = np.polyfit(np.log(k[keep]), np.log(delta[keep]), 1)
     return float(slope), float(np.exp(intercept))
-
-
-def prefix_means(values: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Running means (1/k) Σ_{i≤k} v_i for k = 1..N in float64, e.g. L_k(w*) from the per-batch losses ℓ_i(w*)
-    (``Objective.batch_losses()``); index ``k − 1`` holds the value for k."""
-    values = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
-    if values.ndim != 1 or len(values) == 0:
-        raise ValueError(f"values must be a non-empty 1-D array, got shape {values.shape}")
-    return np.cumsum(values) / np.arange(1, len(values) + 1)
 
 
 def delta_ratio(estimate: DeltaCurve, reference: DeltaCurve) -> np.ndarray:
@@ -281,7 +351,7 @@ def sample_size_curve(curve: DeltaCurve, tolerances: np.ndarray | list[float], *
     noise moves K (Δ − 2 s.e. gives the smaller K, Δ + 2 s.e. the larger).
     """
     delta = np.clip(np.asarray(curve.delta, dtype=float) + z * np.asarray(curve.stderr, dtype=float), 0.0, None)
-    shifted = DeltaCurve(curve.k, delta, curve.stderr, curve.label, curve.sigma, curve.meta)
+    shifted = replace(curve, delta=delta)
     out = [sufficient_sample_size(shifted, float(tol)) for tol in np.asarray(tolerances, dtype=float)]
     return np.array([np.nan if K is None else K for K in out], dtype=float)
 
@@ -289,11 +359,19 @@ def sample_size_curve(curve: DeltaCurve, tolerances: np.ndarray | list[float], *
 def delta_unperturbed(batch_losses: np.ndarray | torch.Tensor) -> DeltaCurve:
     """Δ_k at θ = 0, i.e. (L_{k+1}(w*) − L_k(w*))² for k = 1..N−1 from the per-batch losses ℓ_i(w*)
     (``Objective.batch_losses()``): the σ → 0 limit of Δ_k for any directions."""
-    L = prefix_means(batch_losses)
-    if len(L) < 2:
-        raise ValueError(f"need at least 2 batches to form Δ_k, got {len(L)}")
-    delta = np.diff(L) ** 2
-    return DeltaCurve(np.arange(1, len(L)), delta, np.zeros_like(delta), "unperturbed (σ → 0)", 0.0)
+    losses = _float64(batch_losses, "batch_losses")
+    if losses.dim() != 1:
+        raise ValueError(f"batch_losses must be 1-D [N], got shape {list(losses.shape)}")
+    delta = (loss_changes(losses) ** 2).numpy()
+    return DeltaCurve(np.arange(1, len(losses)), delta, np.zeros_like(delta), "unperturbed (σ → 0)", 0.0)
+
+
+def format_K(K: int | float | None, num_batches: int) -> str:
+    """K as text: the number of batches, or "never settles (K > N − 1)" when Δ_k does not stay below the
+    tolerance within the data (K is None or NaN). The one wording for that case across tables and figures."""
+    if K is None or (isinstance(K, float) and np.isnan(K)):
+        return f"never settles (K > {num_batches - 1})"
+    return str(int(K))
 
 
 def first_below(curve: DeltaCurve | np.ndarray, tol: float) -> int | None:

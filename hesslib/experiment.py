@@ -7,37 +7,35 @@ configuration (training, analysis batch size, directions, σ, samples, seeds, li
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 
-from .cache import DEFAULT_CACHE_DIR, cached
+from .cache import DEFAULT_CACHE_DIR, cached, project_root
 from .data import load_dataset
-from .eigen import EigenResult, top_eigenpairs
-from .estimators import DeltaCurve, delta_from_losses, gaussian_thetas, theory_from_curvature
+from .eigen import EigenMethod, EigenResult, top_eigenpairs
+from .estimators import DeltaCurve, Formula, delta_from_curvature, delta_from_losses, gaussian_thetas
 from .hessian import Objective, ProjectedCurvature, projected_hessians
 from .subspace import grid_thetas, random_directions, subspace_losses
 from .training import train
 
-DIRECTIONS = ("hessian", "random")
-
-
-def project_root(start: str | Path | None = None) -> Path:
-    """The folder holding ``pyproject.toml`` above ``start`` (default: the current directory), so notebooks run
-    the same from ``notebooks/`` (JupyterLab) and from the repository root (papermill)."""
-    here = Path(start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").exists() and (folder / "hesslib").is_dir():
-            return folder
-    return here
+Directions = Literal["hessian", "random"]
+DIRECTIONS: tuple[str, ...] = get_args(Directions)
 
 
 @dataclass
 class Experiment:
-    """Data, model and training settings (``train_*`` for the optimiser) and the analysis batch size B."""
+    """Data, model and training settings (``seed`` is the training seed, ``train_*`` the optimiser's) and the
+    analysis batch size B. Building one trains (or loads) w* and the :class:`~hesslib.hessian.Objective`.
+
+    Every method that names a subspace takes ``directions``: ``"hessian"`` (the top-D eigenvectors of H_N(w*))
+    or ``"random"`` (filter-normalised Gaussian directions drawn with ``direction_seed``); Monte Carlo θ are
+    drawn with ``mc_seed``, independently of the directions.
+    """
 
     dataset: str = "mnist5k"
     limit: int | None = None
@@ -65,115 +63,94 @@ class Experiment:
         self.data = load_dataset(self.dataset, root=self.root, limit=self.limit)
         self.objective = Objective(self.net, self.data.X, self.data.y, batch_size=self.batch_size, device=self.device)
 
+    @classmethod
+    def from_parameters(cls, params: Mapping[str, Any], *, progress: bool = False) -> Experiment:
+        """The experiment a notebook's parameters describe: every key of ``params`` that names a field
+        (``dataset``, ``limit``, ``model``, ``hidden``, ``channels``, ``epochs``, ``lr``, ``train_batch_size``,
+        ``seed``, ``batch_size``, ``device``, ``cache_dir``) is used, other keys are ignored (a notebook passes
+        ``globals()``). ``cache_dir`` and the data folder ``root`` (default ``data/``) are resolved against the
+        project root, so a notebook runs the same from ``notebooks/`` and from the repository root.
+        """
+        names = {f.name for f in fields(cls) if f.init} - {"progress"}
+        kwargs = {name: params[name] for name in names if name in params}
+        base = project_root()
+        kwargs["root"] = base / kwargs.get("root", "data")
+        if kwargs.get("cache_dir", DEFAULT_CACHE_DIR) is not None:
+            kwargs["cache_dir"] = base / kwargs.get("cache_dir", DEFAULT_CACHE_DIR)
+        return cls(**kwargs, progress=progress)
+
     @property
     def config(self) -> dict:
+        """The settings that determine every result (the cache key's common part)."""
         skip = {"net", "root", "cache_dir", "progress"}
         config = {k: v for k, v in asdict(self).items() if k not in skip}
         config["limit"] = len(self.data)
         return config
 
-    def _cached(self, kind: str, extra: dict, compute):
-        if "kind" in extra and extra["kind"] not in DIRECTIONS:
-            raise ValueError(f"direction kind must be one of {DIRECTIONS}, got {extra['kind']!r}")
-        return cached(kind, {**self.config, **extra}, compute, cache_dir=self.cache_dir)
+    def _cached(self, namespace: str, extra: dict, compute):
+        return cached(namespace, {**self.config, **extra}, compute, cache_dir=self.cache_dir)
+
+    def _subspace_key(self, directions: Directions, D: int, direction_seed: int) -> dict:
+        """What identifies P: the family, D, and the seed of random directions (Hessian ones have none)."""
+        if directions not in DIRECTIONS:
+            raise ValueError(f"directions must be one of {DIRECTIONS}, got {directions!r}")
+        return dict(directions=directions, D=D, direction_seed=direction_seed if directions == "random" else None)
 
     # ---- directions ------------------------------------------------------------------------------------
-    def eigenpairs(self, d: int, *, tol: float = 1e-4, method: str = "lanczos", seed: int = 0) -> EigenResult:
-        """Top-d eigenpairs of H_N(w*) (cached)."""
-        return self._cached("eigen", dict(d=d, tol=tol, method=method, eig_seed=seed), lambda: top_eigenpairs(
-            self.objective, d, tol=tol, method=method, seed=seed, progress=self.progress))
+    def eigenpairs(self, d: int, *, tol: float = 1e-4, method: EigenMethod = "lanczos",
+                   solver_seed: int = 0) -> EigenResult:
+        """Top-d eigenpairs of H_N(w*) (:func:`~hesslib.eigen.top_eigenpairs`, cached); ``solver_seed`` seeds
+        the solver's random start."""
+        return self._cached("eigen", dict(d=d, tol=tol, method=method, solver_seed=solver_seed),
+                            lambda: top_eigenpairs(self.objective, d, tol=tol, method=method, seed=solver_seed,
+                                                   progress=self.progress))
 
-    def directions(self, kind: str, D: int, *, seed: int = 0, orthonormalize: bool = True) -> torch.Tensor:
+    def basis(self, directions: Directions, D: int, *, direction_seed: int = 0,
+              orthonormalize: bool = True) -> torch.Tensor:
         """P [M, D]: the top-D Hessian eigenvectors, or filter-normalised random directions (orthonormalised by
-        default, so both kinds have unit-norm, orthogonal columns and σ means the same step length)."""
-        if kind not in DIRECTIONS:
-            raise ValueError(f"direction kind must be one of {DIRECTIONS}, got {kind!r}")
-        if kind == "hessian":
+        default, so both families have unit-norm, orthogonal columns and σ means the same step length)."""
+        self._subspace_key(directions, D, direction_seed)
+        if directions == "hessian":
             return self.eigenpairs(D).eigenvectors
-        return random_directions(self.objective, D, seed=seed, orthonormalize=orthonormalize)
+        return random_directions(self.objective, D, seed=direction_seed, orthonormalize=orthonormalize)
 
     # ---- landscapes and estimators ---------------------------------------------------------------------
-    def loss_matrix(self, kind: str, D: int, *, sigma: float, samples: int, seed: int = 0) -> torch.Tensor:
-        """[T, N] per-batch losses ℓ_i(w* + Pθ_t) for T = ``samples`` Gaussian θ (cached)."""
-        thetas = gaussian_thetas(D, sigma, samples, seed=seed)
-        return self._cached("losses", dict(kind=kind, D=D, sigma=sigma, samples=samples, mc_seed=seed),
-                            lambda: subspace_losses(self.objective, self.directions(kind, D, seed=seed), thetas,
-                                                    progress=self.progress).cpu())
+    def loss_matrix(self, directions: Directions, D: int, *, sigma: float, samples: int, direction_seed: int = 0,
+                    mc_seed: int = 0) -> torch.Tensor:
+        """[T, N] per-batch losses ℓ_i(w* + Pθ_t) for T = ``samples`` Gaussian θ drawn with ``mc_seed`` (cached)."""
+        key = dict(self._subspace_key(directions, D, direction_seed), sigma=sigma, samples=samples, mc_seed=mc_seed)
+        return self._cached("losses", key, lambda: subspace_losses(
+            self.objective, self.basis(directions, D, direction_seed=direction_seed),
+            gaussian_thetas(D, sigma, samples, seed=mc_seed), progress=self.progress).cpu())
 
-    def monte_carlo(self, kind: str, D: int, *, sigma: float, samples: int, seed: int = 0) -> DeltaCurve:
-        """Monte Carlo Δ_k from the cached loss matrix."""
-        delta, stderr = delta_from_losses(self.loss_matrix(kind, D, sigma=sigma, samples=samples, seed=seed))
-        k = np.arange(1, self.objective.num_batches)
-        meta = {"samples": samples, "seed": seed, "D": D, "directions": kind}
-        return DeltaCurve(k, delta, stderr, "Monte Carlo", float(sigma), meta)
+    def monte_carlo(self, directions: Directions, D: int, *, sigma: float, samples: int, direction_seed: int = 0,
+                    mc_seed: int = 0) -> DeltaCurve:
+        """Monte Carlo Δ_k (:func:`~hesslib.estimators.delta_from_losses`) from the cached loss matrix."""
+        losses = self.loss_matrix(directions, D, sigma=sigma, samples=samples, direction_seed=direction_seed,
+                                  mc_seed=mc_seed)
+        return delta_from_losses(losses, sigma=sigma, meta=dict(
+            self._subspace_key(directions, D, direction_seed), seed=mc_seed))
 
-    def curvature(self, kind: str, D: int, *, seed: int = 0) -> ProjectedCurvature:
-        """Per-batch ℓ_i(w*), Pᵀ∇ℓ_i(w*), Pᵀ∇²ℓ_i(w*)P (cached)."""
-        return self._cached("curvature", dict(kind=kind, D=D, dir_seed=seed),
-                            lambda: projected_hessians(self.objective, self.directions(kind, D, seed=seed)))
+    def curvature(self, directions: Directions, D: int, *, direction_seed: int = 0) -> ProjectedCurvature:
+        """Per-batch ℓ_i(w*), Pᵀ∇ℓ_i(w*), Pᵀ∇²ℓ_i(w*)P (:func:`~hesslib.hessian.projected_hessians`, cached)."""
+        return self._cached("curvature", self._subspace_key(directions, D, direction_seed),
+                            lambda: projected_hessians(self.objective,
+                                                       self.basis(directions, D, direction_seed=direction_seed)))
 
-    def theory(self, kind: str, D: int, *, sigma: float, formula: str = "second_order", seed: int = 0) -> DeltaCurve:
-        """Closed-form Δ_k (``formula`` "paper" or "second_order") from the cached curvature."""
-        delta = theory_from_curvature(self.curvature(kind, D, seed=seed), sigma, formula)
-        label = "paper's formula" if formula == "paper" else "second-order estimate"
-        k = np.arange(1, self.objective.num_batches)
-        return DeltaCurve(k, delta, np.zeros_like(delta), label, float(sigma), {"kind": formula, "D": D})
+    def theory(self, directions: Directions, D: int, *, sigma: float, formula: Formula = "second_order",
+               direction_seed: int = 0) -> DeltaCurve:
+        """Closed-form Δ_k (:func:`~hesslib.estimators.delta_from_curvature`) from the cached curvature."""
+        curve = delta_from_curvature(self.curvature(directions, D, direction_seed=direction_seed), sigma, formula)
+        curve.meta.update(self._subspace_key(directions, D, direction_seed))
+        return curve
 
-    def surface(self, kind: str, *, extent: float, points: int, seed: int = 0) -> tuple[np.ndarray, torch.Tensor]:
-        """Per-batch losses on a points x points grid over the first two directions: (axis, [points², N])."""
+    def surface(self, directions: Directions, *, extent: float, points: int,
+                direction_seed: int = 0) -> tuple[np.ndarray, torch.Tensor]:
+        """Per-batch losses on a points x points grid over [−extent, extent]² in the first two directions:
+        (axis [points], losses [points², N]) (cached); read them with :mod:`hesslib.surfaces`."""
         axis, thetas = grid_thetas(extent, points)
-        losses = self._cached("surface", dict(kind=kind, extent=extent, points=points, dir_seed=seed),
-                              lambda: subspace_losses(self.objective, self.directions(kind, 2, seed=seed), thetas,
-                                                      progress=self.progress).cpu())
+        key = dict(self._subspace_key(directions, 2, direction_seed), extent=extent, points=points)
+        losses = self._cached("surface", key, lambda: subspace_losses(
+            self.objective, self.basis(directions, 2, direction_seed=direction_seed), thetas,
+            progress=self.progress).cpu())
         return axis.numpy(), losses
-
-
-def surfaces_at(losses: torch.Tensor, k: int, points: int) -> tuple[np.ndarray, np.ndarray]:
-    """From a [points², N] grid loss matrix: L_k(θ) and (L_{k+1}(θ) − L_k(θ))², each [points, points]."""
-    N = losses.shape[1]
-    if not 1 <= k < N:
-        raise ValueError(f"k must be in [1, {N - 1}] (N - 1 = num_batches - 1), got {k}")
-    losses = losses.double()
-    L_k = losses[:, :k].mean(1)
-    L_next = losses[:, : k + 1].mean(1)
-    return L_k.reshape(points, points).numpy(), ((L_next - L_k) ** 2).reshape(points, points).numpy()
-
-
-@dataclass
-class SurfaceLimits:
-    """Common z-limits (low, high) of L_k (``loss``) and of (L_{k+1} − L_k)² (``change``) over several k, so that
-    surfaces at different k are drawn on one scale."""
-
-    loss: tuple[float, float]
-    change: tuple[float, float]
-
-
-def surface_limits(losses: torch.Tensor, ks: Sequence[int]) -> SurfaceLimits:
-    """The min and max of L_k(θ) and of (L_{k+1}(θ) − L_k(θ))² over every grid point of a [points², N] grid loss
-    matrix (:meth:`Experiment.surface`) and every k in ``ks``. The change's lower limit is 0."""
-    if not len(ks):
-        raise ValueError("ks must name at least one k")
-    points = round(losses.shape[0] ** 0.5)
-    if points * points != losses.shape[0]:
-        raise ValueError(f"losses must have points² rows (a square grid), got {losses.shape[0]}")
-    surfaces = [surfaces_at(losses, int(k), points) for k in ks]
-    loss = (min(float(L.min()) for L, _ in surfaces), max(float(L.max()) for L, _ in surfaces))
-    return SurfaceLimits(loss, (0.0, max(float(C.max()) for _, C in surfaces)))
-
-
-def surface_change_curves(losses: torch.Tensor, label: str = "") -> tuple[DeltaCurve, DeltaCurve]:
-    """(mean, max) over the grid points of (L_{k+1}(θ) − L_k(θ))², for every k = 1..N−1 at once, from a grid loss
-    matrix [points², N]: how much one more batch moves the surface, on average and at worst. Both are
-    :class:`~hesslib.estimators.DeltaCurve` (no standard error: the grid is fixed, not sampled)."""
-    if losses.dim() != 2 or losses.shape[1] < 2:
-        raise ValueError(f"losses must be [grid points, N] with N >= 2, got {list(losses.shape)}")
-    losses = losses.double().cpu()
-    N = losses.shape[1]
-    k = torch.arange(1, N, dtype=torch.float64)
-    prefix = losses.cumsum(1)[:, :-1] / k  # L_k, k = 1..N-1
-    squared = ((losses[:, 1:] - prefix) / (k + 1)) ** 2  # (L_{k+1} - L_k)²
-    ks = np.arange(1, N)
-    zeros = np.zeros(N - 1)
-    meta = {"grid_points": losses.shape[0]}
-    return (DeltaCurve(ks, squared.mean(0).numpy(), zeros, f"{label} mean over the grid".strip(), float("nan"), meta),
-            DeltaCurve(ks, squared.amax(0).numpy(), zeros, f"{label} max over the grid".strip(), float("nan"), meta))

@@ -9,14 +9,26 @@ full-data loss is L(w) = L_N(w), so its Hessian H = (1/N) Σ_i ∇²ℓ_i exactl
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 
-from .losses import check_loss, per_sample_loss
+from .losses import Loss, check_loss, per_sample_loss
+from .operators import check_block, check_vector
+
+
+class ParameterBlock(NamedTuple):
+    """One parameter tensor of the model inside the flat vector w: its ``name`` (as in ``named_parameters``),
+    its ``shape`` and the ``slice`` of w that holds it."""
+
+    name: str
+    shape: torch.Size
+    slice: slice
 
 
 class Objective:
@@ -34,7 +46,7 @@ class Objective:
         y: torch.Tensor,
         *,
         batch_size: int,
-        loss: str = "cross_entropy",
+        loss: Loss = "cross_entropy",
         drop_last: bool = False,
         dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
@@ -62,9 +74,9 @@ class Objective:
         self.num_batches = math.ceil(n / batch_size)
         self.chunk_size = chunk_size
         names, tensors = zip(*[(k, p) for k, p in model.named_parameters() if p.requires_grad], strict=True)
-        self._names = list(names)
-        self._shapes = [t.shape for t in tensors]
-        self._sizes = [t.numel() for t in tensors]
+        ends = list(itertools.accumulate(t.numel() for t in tensors))
+        self.parameter_blocks = [ParameterBlock(name, t.shape, slice(end - t.numel(), end))
+                                 for name, t, end in zip(names, tensors, ends, strict=True)]
         self.params = torch.cat([t.detach().reshape(-1) for t in tensors]).to(self.device, self.dtype)
         self._buffers = {k: b.to(self.device) for k, b in model.named_buffers()}
         # batch index and weight of every sample: L(w) = Σ_s weight_s ℓ_s(w), weight_s = 1 / (N · |batch(s)|)
@@ -80,8 +92,8 @@ class Objective:
         return self.params.numel()
 
     def unflatten(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Flat vector [M] -> the model's named parameter tensors (views)."""
-        return {n: t.view(s) for n, t, s in zip(self._names, w.split(self._sizes), self._shapes, strict=True)}
+        """Flat vector [M] -> the model's named parameter tensors (views), one per :attr:`parameter_blocks`."""
+        return {block.name: w[block.slice].view(block.shape) for block in self.parameter_blocks}
 
     def per_sample_losses(self, w: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """ℓ(f(x; w), y) for each sample of ``X``, shape [len(X)]."""
@@ -97,7 +109,7 @@ class Objective:
     @torch.no_grad()
     def batch_losses(self, w: torch.Tensor | None = None) -> torch.Tensor:
         """ℓ_i(w) for i = 1..N, shape [N] (w defaults to w*)."""
-        w = self.params if w is None else self._check_vector(w, "w")
+        w = self.params if w is None else check_vector(self, w, "w")
         sums = torch.zeros(self.num_batches, dtype=self.dtype, device=self.device)
         for part in self.chunks():
             sums.index_add_(0, self.batch_index[part], self.per_sample_losses(w, self.X[part], self.y[part]))
@@ -112,7 +124,7 @@ class Objective:
 
     def gradient(self, w: torch.Tensor | None = None) -> torch.Tensor:
         """∇L(w), shape [M]."""
-        w = self.params if w is None else self._check_vector(w, "w")
+        w = self.params if w is None else check_vector(self, w, "w")
         total = torch.zeros_like(w)
         for part in self.chunks():
             total += grad(self._chunk_loss)(w, part)
@@ -123,7 +135,7 @@ class Objective:
         """H V with H = ∇²L(w*), for V of shape [M] or [M, r]; the r columns go through ONE vmapped
         forward-over-reverse product (``jvp`` of ``grad``) per data chunk."""
         single = V.dim() == 1
-        V = self._check_block(V.unsqueeze(1) if single else V, "V")
+        V = check_block(self, V.unsqueeze(1) if single else V, "V")
         w = self.params
         out = torch.zeros(V.shape[1], V.shape[0], dtype=self.dtype, device=self.device)
         for part in self.chunks():
@@ -133,24 +145,6 @@ class Objective:
 
             out += vmap(hv)(V.T)
         return out[0] if single else out.T
-
-    # ---- input checks ----------------------------------------------------------------------------------
-    def _check_vector(self, w: torch.Tensor, name: str) -> torch.Tensor:
-        if w.shape != (self.num_params,):
-            raise ValueError(f"{name} must have shape [{self.num_params}] (M), got {list(w.shape)}")
-        return self._check_tensor(w, name)
-
-    def _check_block(self, V: torch.Tensor, name: str) -> torch.Tensor:
-        if V.dim() != 2 or V.shape[0] != self.num_params or V.shape[1] < 1:
-            raise ValueError(f"{name} must have shape [{self.num_params}, r] with r >= 1 (M = num_params), "
-                             f"got {list(V.shape)}")
-        return self._check_tensor(V, name)
-
-    def _check_tensor(self, t: torch.Tensor, name: str) -> torch.Tensor:
-        if t.device != self.device or t.dtype != self.dtype:
-            raise ValueError(f"{name} must be {self.dtype} on {self.device} like the objective, "
-                             f"got {t.dtype} on {t.device}")
-        return t
 
 
 @dataclass
@@ -170,7 +164,7 @@ def projected_hessians(objective: Objective, P: torch.Tensor, *, memory_mb: floa
     output is the gradient), vmapped over the D directions and over a chunk of batches, then projected onto
     P. Chunks hold at most ``memory_mb`` of per-batch products [chunk, D, M].
     """
-    P = objective._check_block(P, "P")
+    P = check_block(objective, P, "P")
     obj, D, B = objective, P.shape[1], objective.batch_size
     N, M, n = obj.num_batches, obj.num_params, obj.num_samples
     # lay the data out as [N, B, ...] with a 0/1 mask for the padding of a short last batch

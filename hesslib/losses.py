@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("cross_entropy", "mse")
+Loss = Literal["cross_entropy", "mse"]
+LOSSES: tuple[str, ...] = get_args(Loss)
 
 
 def check_loss(loss: str) -> str:
+    """``loss`` if it is one of :data:`LOSSES`, else a ValueError naming the allowed values."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     return loss

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from .experiment import project_root
+from .cache import project_root
 from .plots import FIGURE_LOG_ENV
 
 

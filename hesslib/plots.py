@@ -10,6 +10,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from .cache import project_root
 from .estimators import DeltaCurve
 
 FIGURE_LOG_ENV = "HESSLIB_FIGURE_LOG"  # set by `make paper` to record which notebook wrote which figure
@@ -33,8 +34,10 @@ def set_style() -> None:
 
 def save_figure(fig: plt.Figure, name: str, folder: str | Path = "figures") -> list[Path]:
     """Write ``folder/name.pdf`` and ``folder/name.png`` with no timestamps or version stamps (byte-identical on
-    re-runs), and record them for the figure manifest when ``$HESSLIB_FIGURE_LOG`` is set."""
-    folder = Path(folder)
+    re-runs), and record them for the figure manifest when ``$HESSLIB_FIGURE_LOG`` is set. A relative ``folder``
+    is taken from the project root (:func:`~hesslib.cache.project_root`), so notebooks write to the same place
+    from JupyterLab and from ``make paper``."""
+    folder = project_root() / folder
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for ext, metadata in (("pdf", {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}),
@@ -100,7 +103,7 @@ def plot_delta_smoothed(ax: plt.Axes, curves: Sequence[DeltaCurve], *, window: i
 
     for i, curve in enumerate(curves):
         color = colors[i] if colors is not None else f"C{i}"
-        label = labels[i] if labels else curve.label
+        label = labels[i] if labels is not None else curve.label
         ax.plot(curve.k, curve.delta, color=color, lw=0.7, alpha=raw_alpha)
         if np.any(curve.stderr > 0):
             low = np.clip(curve.delta - 2 * curve.stderr, curve.delta * 1e-3, None)
@@ -137,7 +140,7 @@ def plot_delta_vs_loss(ax: plt.Axes, curves: Sequence[DeltaCurve], loss: np.ndar
     (:class:`~hesslib.estimators.LinearFit`, one per curve) when given; linear axes."""
     for i, curve in enumerate(curves):
         color = colors[i] if colors is not None else f"C{i}"
-        label = labels[i] if labels else curve.label
+        label = labels[i] if labels is not None else curve.label
         keep = curve.k >= k_min
         if fits is not None:
             fit = fits[i]
@@ -161,7 +164,7 @@ def plot_sample_size_vs_tolerance(ax: plt.Axes, curves: Sequence[DeltaCurve], to
     tolerances = np.asarray(tolerances, dtype=float)
     for i, curve in enumerate(curves):
         color = colors[i] if colors is not None else f"C{i}"
-        label = labels[i] if labels else curve.label
+        label = labels[i] if labels is not None else curve.label
         ls = linestyles[i] if linestyles is not None else "-"
         ax.step(tolerances, sample_size_curve(curve, tolerances), where="post", color=color, ls=ls, lw=1.5,
                 label=label)
@@ -178,7 +181,7 @@ def plot_tolerance_marks(ax: plt.Axes, curve: DeltaCurve, tolerances: Sequence[f
                          colors: Sequence[str] | None = None, envelope: bool = True) -> None:
     """On a Δ_k plot: a horizontal line at each tolerance, a marker at (K, Δ_K) where the curve settles below
     it for good, and (``envelope``) the running maximum from the right max_{k' ≥ k} Δ_{k'} that decides K."""
-    from .estimators import settling_envelope, sufficient_sample_size
+    from .estimators import format_K, settling_envelope, sufficient_sample_size
 
     if envelope:
         ax.plot(curve.k, settling_envelope(curve), color="black", lw=1.0, ls="--",
@@ -186,7 +189,7 @@ def plot_tolerance_marks(ax: plt.Axes, curve: DeltaCurve, tolerances: Sequence[f
     for i, tol in enumerate(tolerances):
         color = colors[i] if colors is not None else f"C{i + 1}"
         K = sufficient_sample_size(curve, float(tol))
-        text = "never settles" if K is None else f"K = {K}"
+        text = format_K(K, curve.num_batches) if K is None else f"K = {K}"
         ax.axhline(tol, color=color, lw=1.0, ls=":", label=f"Δ = {tol:g}: {text}")
         if K is not None:
             ax.plot([K], [curve.delta[list(curve.k).index(K)]], marker="o", ms=7, mfc="none", mew=1.8,
@@ -196,7 +199,7 @@ def plot_tolerance_marks(ax: plt.Axes, curve: DeltaCurve, tolerances: Sequence[f
 
 def plot_table(ax: plt.Axes, header: Sequence[str], cells: Sequence[Sequence[str]], *, title: str | None = None,
                fontsize: float = 8.5) -> None:
-    """A text table (e.g. :func:`~hesslib.stopping.table_cells`) drawn on an axis with no frame, bold header."""
+    """A text table (e.g. :func:`~hesslib.sample_size.table_cells`) drawn on an axis with no frame, bold header."""
     ax.axis("off")
     table = ax.table(cellText=[list(c) for c in cells] or [["–"] * len(header)], colLabels=list(header),
                      loc="center", cellLoc="center")

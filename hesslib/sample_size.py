@@ -19,7 +19,14 @@ import torch
 from .cache import DEFAULT_CACHE_DIR, cached
 from .data import load_dataset
 from .eigen import top_eigenpairs
-from .estimators import DeltaCurve, delta_from_losses, gaussian_thetas, sample_size_curve, sufficient_sample_size
+from .estimators import (
+    DeltaCurve,
+    delta_from_losses,
+    format_K,
+    gaussian_thetas,
+    sample_size_curve,
+    sufficient_sample_size,
+)
 from .hessian import Objective
 from .subspace import subspace_losses
 from .training import train
@@ -109,18 +116,18 @@ def sample_size_row(
         solved = time.perf_counter()
         thetas = gaussian_thetas(D, sigma, samples, seed=seed)
         losses = subspace_losses(objective, eig.eigenvectors, thetas, progress=progress)
-        delta, stderr = delta_from_losses(losses)
+        curve = delta_from_losses(losses, sigma=sigma, meta=dict(seed=seed, D=D, directions="hessian",
+                                                                 eig_converged=bool(eig.converged),
+                                                                 eig_hvps=int(eig.num_hvps)))
         done = time.perf_counter()
-        return dict(delta=delta, stderr=stderr, batch_losses=objective.batch_losses().cpu().double().numpy(),
+        return dict(curve=curve, batch_losses=objective.batch_losses().cpu().double().numpy(),
                     num_params=objective.num_params, train_accuracy=record.train_accuracy,
                     eig_converged=bool(eig.converged), eig_hvps=int(eig.num_hvps), threads=torch.get_num_threads(),
                     seconds=dict(train=trained - start, eigen=solved - trained, monte_carlo=done - solved))
 
-    m = cached("sample-size-row", config, measure, cache_dir=cache_dir)
-    N = len(m["batch_losses"])
-    curve = DeltaCurve(np.arange(1, N), m["delta"], m["stderr"], "Monte Carlo", float(sigma),
-                       {"samples": samples, "seed": seed, "D": D, "directions": "hessian",
-                        "eig_converged": m["eig_converged"], "eig_hvps": m["eig_hvps"]})
+    m = cached("sample-size-row", config, measure, cache_dir=cache_dir,
+               validate=lambda value: isinstance(value.get("curve"), DeltaCurve))
+    N, curve = len(m["batch_losses"]), m["curve"]
     Ks = [sufficient_sample_size(curve, float(t)) for t in tolerances]
     low, high = sample_size_curve(curve, tolerances, z=-2.0), sample_size_curve(curve, tolerances, z=2.0)
     loss_at_K = [None if K is None else float(np.mean(m["batch_losses"][:K])) for K in Ks]
@@ -157,23 +164,16 @@ TABLE_HEADER = ("dataset", "model", "params", "N", "Δ (tol)", "K", "K (Δ ± 2 
                 "time, s")
 
 
-def format_K(K: int | float | None, num_batches: int) -> str:
-    """K as text: the number of batches, or "never (K > N − 1)" when Δ does not settle (None or NaN)."""
-    if K is None or (isinstance(K, float) and np.isnan(K)):
-        return f"never (K > {num_batches - 1})"
-    return str(int(K))
-
-
 def table_cells(rows: Sequence[SampleSizeRow]) -> tuple[tuple[str, ...], list[list[str]]]:
-    """(header, cells) of the table, one line per row and tolerance: K and K·B ("not reached" if Δ never
-    settles below the tolerance within N − 1), the ±2 s.e. bracket of K, L_K(w*) and the row's total time."""
+    """(header, cells) of the table, one line per row and tolerance: K (:func:`~hesslib.estimators.format_K`)
+    and K·B, the ±2 s.e. bracket of K, L_K(w*) and the row's total time."""
     cells = []
     for row in rows:
         batch_size = row.config.get("batch_size", 64)
         for tol, K, (low, high), loss in zip(row.tolerances, row.K, row.K_range, row.loss_at_K, strict=True):
-            bracket = "–".join("never" if np.isnan(v) else str(int(v)) for v in (low, high))
+            bracket = "–".join(format_K(v, row.num_batches) for v in (low, high))
             cells.append([row.dataset, row.model, f"{row.num_params:,}", str(row.num_batches), f"{tol:g}",
-                          "not reached" if K is None else str(K), bracket,
+                          format_K(K, row.num_batches), bracket,
                           "–" if K is None else f"{K * batch_size:,}", "–" if loss is None else f"{loss:.4f}",
                           f"{row.total_seconds:.1f}"])
     return TABLE_HEADER, cells

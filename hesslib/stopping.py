@@ -3,8 +3,9 @@
 Drive :class:`OnlineStopping` from any training loop: ``add_batch`` the next batch, train, ``update(model)``;
 it re-estimates the top-D subspace at the current weights (block Lanczos warm-started from the previous
 subspace), computes Δ_k for the newest pair (L_k, L_{k+1}) with the second-order estimate (or the paper's
-formula) from one pass of :func:`~hesslib.hessian.projected_hessians`, and reports whether Δ has stayed below
-``tol`` for ``patience`` consecutive k. K is the first k of that run. :func:`run_online_stopping` is such a loop.
+formula: ``formula=``) from one pass of :func:`~hesslib.hessian.projected_hessians`, and reports whether Δ has
+stayed below ``tol`` for ``patience`` consecutive k. K is the first k of that run (the last-exceedance rule of
+:func:`~hesslib.estimators.sufficient_sample_size` on the history). :func:`run_online_stopping` is such a loop.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from tqdm.auto import tqdm
 
 from .data import Dataset
 from .eigen import top_eigenpairs
-from .estimators import KINDS, theory_from_curvature
+from .estimators import FORMULAS, DeltaCurve, Formula, delta_from_curvature, sufficient_sample_size
 from .hessian import Objective, projected_hessians
-from .losses import check_loss, per_sample_loss
+from .losses import Loss, check_loss, per_sample_loss
 from .models import make_model
 
 
@@ -35,22 +36,22 @@ class OnlineStopping:
         sigma: float = 1.0,
         tol: float = 0.025,
         patience: int = 5,
-        loss: str = "cross_entropy",
-        estimator: str = "second_order",
+        loss: Loss = "cross_entropy",
+        formula: Formula = "second_order",
         eig_tol: float = 1e-3,
     ) -> None:
         check_loss(loss)
-        if estimator not in KINDS:
-            raise ValueError(f"estimator must be one of {KINDS}, got {estimator!r}")
+        if formula not in FORMULAS:
+            raise ValueError(f"formula must be one of {FORMULAS}, got {formula!r}")
         if not (sigma > 0 and tol > 0 and eig_tol > 0):
             raise ValueError(f"sigma, tol and eig_tol must be > 0, got {sigma}, {tol}, {eig_tol}")
         if not isinstance(D, int) or D < 1 or not isinstance(patience, int) or patience < 1:
             raise ValueError(f"D and patience must be integers >= 1, got D={D!r}, patience={patience!r}")
         self.D, self.sigma, self.tol, self.patience = D, sigma, tol, patience
-        self.loss, self.estimator, self.eig_tol = loss, estimator, eig_tol
+        self.loss, self.formula, self.eig_tol = loss, formula, eig_tol
         self._X: list[torch.Tensor] = []
         self._y: list[torch.Tensor] = []
-        self._P: torch.Tensor | None = None
+        self.basis: torch.Tensor | None = None  # P at the latest update
         self.ks: list[int] = []
         self.deltas: list[float] = []
         self.hvps = 0
@@ -73,11 +74,11 @@ class OnlineStopping:
         X, y = torch.cat(self._X), torch.cat(self._y)
         objective = Objective(model, X, y, batch_size=len(self._X[0]), loss=self.loss)
         D = min(self.D, objective.num_params - 1)
-        init = self._P if self._P is not None and self._P.shape == (objective.num_params, D) else None
+        init = self.basis if self.basis is not None and self.basis.shape == (objective.num_params, D) else None
         eig = top_eigenpairs(objective, D, tol=self.eig_tol, init=init, seed=len(self.ks))
-        self._P, self.hvps = eig.eigenvectors, self.hvps + eig.num_hvps
-        curvature = projected_hessians(objective, self._P)
-        delta = float(theory_from_curvature(curvature, self.sigma, self.estimator)[-1])
+        self.basis, self.hvps = eig.eigenvectors, self.hvps + eig.num_hvps
+        curvature = projected_hessians(objective, self.basis)
+        delta = float(delta_from_curvature(curvature, self.sigma, self.formula).delta[-1])
         self.ks.append(self.num_batches - 1)
         self.deltas.append(delta)
         return delta
@@ -89,13 +90,17 @@ class OnlineStopping:
         return len(recent) == self.patience and all(d < self.tol for d in recent)
 
     @property
+    def history(self) -> DeltaCurve:
+        """The estimates so far as a curve: Δ_k at each k, each measured at the weights of its own update."""
+        deltas = np.asarray(self.deltas, dtype=float)
+        return DeltaCurve(np.asarray(self.ks, dtype=int), deltas, np.zeros_like(deltas),
+                          f"online, {self.formula.replace('_', '-')}", float(self.sigma), {"D": self.D})
+
+    @property
     def K(self) -> int | None:
-        """The first k of the final run of estimates below ``tol`` once settled, else None."""
-        if not self.settled:
-            return None
-        below = np.asarray(self.deltas) < self.tol
-        above = np.flatnonzero(~below)
-        return self.ks[0] if len(above) == 0 else self.ks[above[-1] + 1]
+        """Once settled, K of :func:`~hesslib.estimators.sufficient_sample_size` on the history (the first k of
+        the final run of estimates below ``tol``); None before."""
+        return sufficient_sample_size(self.history, self.tol) if self.settled else None
 
 
 @dataclass
@@ -124,6 +129,7 @@ def run_online_stopping(
     sigma: float = 1.0,
     tol: float = 0.025,
     patience: int = 5,
+    formula: Formula = "second_order",
     max_batches: int | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -137,7 +143,7 @@ def run_online_stopping(
     net = make_model(model, data.input_shape, data.num_classes, hidden=hidden, channels=channels, seed=seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
-    monitor = OnlineStopping(D=D, sigma=sigma, tol=tol, patience=patience)
+    monitor = OnlineStopping(D=D, sigma=sigma, tol=tol, patience=patience, formula=formula)
     bar = tqdm(range(N), desc="online stopping", unit="batch", disable=not progress)
     for i in bar:
         part = slice(i * batch_size, (i + 1) * batch_size)
@@ -163,6 +169,3 @@ def run_online_stopping(
             loss_at_K = float(per_sample_loss(net(data.X[: K * batch_size]), data.y[: K * batch_size],
                                               "cross_entropy").mean())
     return OnlineResult(K, net, monitor.ks, monitor.deltas, loss_at_K, time.perf_counter() - start, monitor.hvps)
-
-
-# ---- offline: the paper's Table 1 ------------------------------------------------------------------------------

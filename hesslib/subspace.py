@@ -7,6 +7,7 @@ from torch.func import vmap
 from tqdm.auto import tqdm
 
 from .hessian import Objective
+from .operators import check_block
 
 
 def random_directions(
@@ -25,16 +26,14 @@ def random_directions(
     directions = torch.randn(D, objective.num_params, generator=generator, dtype=torch.float64)
     if filter_normalize:
         w = objective.params.double().cpu()
-        offset = 0
-        for size, shape in zip(objective._sizes, objective._shapes, strict=True):
-            block = directions[:, offset : offset + size]
-            if len(shape) <= 1:
-                block.zero_()
+        for block in objective.parameter_blocks:
+            part = directions[:, block.slice]
+            if len(block.shape) <= 1:
+                part.zero_()
             else:
-                filters = block.reshape(D, shape[0], -1)
-                target = w[offset : offset + size].reshape(1, shape[0], -1).norm(dim=2, keepdim=True)
+                filters = part.reshape(D, block.shape[0], -1)
+                target = w[block.slice].reshape(1, block.shape[0], -1).norm(dim=2, keepdim=True)
                 filters.mul_(target / filters.norm(dim=2, keepdim=True).clamp_min(1e-30))
-            offset += size
     P = directions.T.contiguous()
     if orthonormalize:
         P = torch.linalg.qr(P)[0]
@@ -78,7 +77,7 @@ def subspace_losses(
     bounds the activations of one pass: large models get whole-data passes one θ at a time (already a big call),
     small models many θ per pass. No model copies, no loop over batches.
     """
-    P = objective._check_block(P, "P")
+    P = check_block(objective, P, "P")
     if thetas.dim() != 2 or thetas.shape[1] != P.shape[1] or thetas.shape[0] < 1:
         raise ValueError(
             f"thetas must have shape [T, {P.shape[1]}] (T >= 1, D = P's columns), got {list(thetas.shape)}"

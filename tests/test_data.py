@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from hesslib import DATASETS, load_dataset, read_idx
-from hesslib.data import write_idx
+from hesslib import load_dataset
+from hesslib.data import DATASETS, read_idx, write_idx
 
 
 def test_mnist5k_shapes_dtypes_and_fixed_order(data_root):

@@ -7,12 +7,12 @@ import torch
 from hesslib import make_model
 from hesslib.estimators import (
     DeltaCurve,
+    delta_from_curvature,
     delta_monte_carlo,
     delta_theory,
     loglog_slope,
     moving_average,
     sufficient_sample_size,
-    theory_from_curvature,
 )
 from hesslib.hessian import Objective, ProjectedCurvature
 from hesslib.subspace import grid_thetas, random_directions, subspace_losses
@@ -57,7 +57,7 @@ def _closed_form(X, y, w, P, batch_size, sigma):
 def test_second_order_is_exact_on_least_squares(sigma):
     obj, X, y, w = _least_squares()
     P = torch.linalg.qr(torch.randn(obj.num_params, 3, dtype=F64))[0]
-    curve = delta_theory(obj, P, sigma=sigma, kind="second_order")
+    curve = delta_theory(obj, P, sigma=sigma, formula="second_order")
     expected = _closed_form(X, y, w, P.numpy(), obj.batch_size, sigma)
     assert curve.k.tolist() == list(range(1, 12)) and np.all(curve.stderr == 0)
     np.testing.assert_allclose(curve.delta, expected, rtol=1e-8)
@@ -93,12 +93,12 @@ def _synthetic_curvature(N=12, D=3, seed=0, losses=False, grads=False, offdiag=F
 def test_paper_formula_equals_second_order_only_when_its_assumptions_hold():
     sigma = 0.8
     exact = _synthetic_curvature()  # a_k = 0, c_k = 0, diagonal B_k, no eigenvalue crossings
-    np.testing.assert_allclose(theory_from_curvature(exact, sigma, "paper"),
-                               theory_from_curvature(exact, sigma, "second_order"), rtol=1e-12)
+    np.testing.assert_allclose(delta_from_curvature(exact, sigma, "paper").delta,
+                               delta_from_curvature(exact, sigma, "second_order").delta, rtol=1e-12)
     for broken in (dict(losses=True), dict(grads=True), dict(offdiag=True)):
         curv = _synthetic_curvature(**broken)
-        paper = theory_from_curvature(curv, sigma, "paper")
-        second = theory_from_curvature(curv, sigma, "second_order")
+        paper = delta_from_curvature(curv, sigma, "paper").delta
+        second = delta_from_curvature(curv, sigma, "second_order").delta
         assert np.max(np.abs(paper - second) / second) > 0.05, broken
 
 
@@ -179,8 +179,8 @@ def test_bad_input_raises_before_work():
         delta_monte_carlo(obj, P, sigma=1.0, samples=0)
     with pytest.raises(ValueError, match=r"P must have shape \[6, r\]"):
         delta_theory(obj, torch.zeros(5, 2, dtype=F64), sigma=1.0)
-    with pytest.raises(ValueError, match="kind must be one of"):
-        delta_theory(obj, P, sigma=1.0, kind="upper_bound")
+    with pytest.raises(ValueError, match="formula must be one of"):
+        delta_theory(obj, P, sigma=1.0, formula="upper_bound")
     with pytest.raises(ValueError, match="tol must be a number > 0"):
         sufficient_sample_size(np.ones(3), 0)
     with pytest.raises(ValueError, match=r"thetas must have shape \[T, 2\]"):

@@ -5,8 +5,7 @@ import pytest
 import torch
 from torch.func import hessian
 
-from hesslib import make_model
-from hesslib.eigen import DenseOperator, top_eigenpairs
+from hesslib import DenseOperator, make_model, top_eigenpairs
 from hesslib.hessian import Objective, projected_hessians
 
 F64 = torch.float64

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from hesslib import make_model, num_params
+from hesslib import make_model
+from hesslib.models import num_params
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,9 @@ from hesslib import load_dataset
 
 
 def test_sample_size_row_on_digits_is_timed_cached_and_consistent(tmp_path, data_root):
-    from hesslib.estimators import sufficient_sample_size
+    from hesslib.estimators import format_K, sufficient_sample_size
     from hesslib.hessian import Objective
-    from hesslib.sample_size import format_K, format_table, sample_size_row, sample_size_table, table_cells
+    from hesslib.sample_size import format_table, sample_size_row, sample_size_table, table_cells
     from hesslib.training import train
 
     kwargs = dict(limit=320, root=data_root, hidden=(8,), epochs=1, D=2, sigma=0.5, samples=16, progress=False,
@@ -34,10 +34,10 @@ def test_sample_size_row_on_digits_is_timed_cached_and_consistent(tmp_path, data
     assert again.seconds == row.seconds and np.array_equal(again.curve.delta, row.curve.delta)
     assert row.computed_now and not again.computed_now
     assert again.K == [sufficient_sample_size(row.curve, 0.5)]
-    assert format_K(None, 5) == "never (K > 4)" and format_K(float("nan"), 5) == "never (K > 4)"
+    assert format_K(None, 5) == "never settles (K > 4)" and format_K(float("nan"), 5) == "never settles (K > 4)"
     assert format_K(3, 5) == format_K(3.0, 5) == "3"
     header, cells = table_cells([row])
-    assert len(cells) == 2 and all(len(c) == len(header) for c in cells) and cells[1][5] == "not reached"
+    assert len(cells) == 2 and all(len(c) == len(header) for c in cells) and cells[1][5] == "never settles (K > 4)"
     text = format_table([row])
     assert text.count("\n") == 3 and "digits" in text and "| K " in text
     rows, skipped = sample_size_table([("mnist", 640), ("digits", 320)], ["linear"], tolerances=[0.1],

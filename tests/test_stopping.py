@@ -19,7 +19,7 @@ def test_online_monitor_matches_offline_second_order_and_settles():
             assert monitor.update(model) > 0
     assert monitor.ks == [1, 2, 3] and monitor.settled and monitor.K == 1
     # the newest estimate is the offline second-order Δ_3 over the same 4 batches and subspace
-    offline = delta_theory(Objective(model, data.X, data.y, batch_size=64), monitor._P, sigma=0.1)
+    offline = delta_theory(Objective(model, data.X, data.y, batch_size=64), monitor.basis, sigma=0.1)
     assert monitor.deltas[-1] == pytest.approx(offline.delta[-1], rel=1e-5)
     with pytest.raises(ValueError, match="every batch must have 64 samples"):
         monitor.add_batch(data.X[:10], data.y[:10])
@@ -37,13 +37,22 @@ def test_run_online_stopping_on_digits():
     data = load_dataset("digits", limit=640)
     result = run_online_stopping(data, hidden=(16,), D=2, sigma=0.05, tol=1e-2, patience=2, steps_per_batch=5,
                                  progress=False)
-    assert result.ks[0] == 1 and len(result.ks) == len(result.deltas) and np.all(np.isfinite(result.deltas))
-    if result.K is not None:
-        assert all(d < 1e-2 for d in result.deltas[-2:]) and result.loss_at_K > 0
+    assert result.ks == list(range(1, len(result.ks) + 1)) and len(result.deltas) == len(result.ks)
+    assert np.all(np.isfinite(result.deltas)) and np.all(np.asarray(result.deltas) > 0)
+    below = np.asarray(result.deltas) < 1e-2
+    if result.K is None:  # ran through all 9 full batches (k = 1..9) without 2 estimates in a row below tol
+        assert result.ks[-1] == 9 and not below[-2:].all()
+    else:  # stopped at the first k that completed a run of 2 estimates below tol; K is that run's first k
+        assert below[-2:].all() and (len(below) == 2 or not below[-3])
+        assert result.K == result.ks[-2] and result.loss_at_K > 0
     assert result.hvps > 0 and not result.model.training
 
 
-@pytest.mark.parametrize("kwargs", [dict(sigma=0), dict(tol=-1), dict(D=0), dict(patience=0), dict(estimator="x")])
-def test_bad_arguments(kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("kwargs, match", [(dict(sigma=0), "sigma, tol and eig_tol must be > 0"),
+                                           (dict(tol=-1), "sigma, tol and eig_tol must be > 0"),
+                                           (dict(D=0), "D and patience must be integers >= 1"),
+                                           (dict(patience=0), "D and patience must be integers >= 1"),
+                                           (dict(formula="x"), "formula must be one of")])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
         OnlineStopping(**kwargs)

@@ -11,10 +11,17 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch.func import hessian  # noqa: E402
 
-from hesslib import delta_from_losses, make_model, surfaces_at  # noqa: E402
+from hesslib import (  # noqa: E402  # noqa: E402
+    DenseOperator,
+    delta_from_losses,
+    make_model,
+    rayleigh_quotients,
+    spectrum_ratios,
+    surface_change_curves,
+    surface_limits,
+    surfaces_at,
+)
 from hesslib.data import has_test_split, write_idx  # noqa: E402
-from hesslib.eigen import DenseOperator, rayleigh_quotients, spectrum_ratios  # noqa: E402
-from hesslib.experiment import surface_change_curves, surface_limits  # noqa: E402
 from hesslib.hessian import Objective, curvature_spread, projected_hessians  # noqa: E402
 from hesslib.plots import label_log_ticks, plot_image_grid, plot_signed_log, plot_surface_row  # noqa: E402
 from hesslib.training import LearningCurve, TrainRecord, learning_curve  # noqa: E402
@@ -115,7 +122,7 @@ def _grid_losses(points=4, N=7, seed=0):
 def test_surface_limits_cover_every_k():
     losses = _grid_losses()
     limits = surface_limits(losses, [1, 5])
-    grids = [surfaces_at(losses, k, 4) for k in (1, 5)]
+    grids = [surfaces_at(losses, k) for k in (1, 5)]
     assert limits.loss == (min(g[0].min() for g in grids), max(g[0].max() for g in grids))
     assert limits.change == (0.0, max(g[1].max() for g in grids))
     assert surface_limits(losses, [1]).change[1] == grids[0][1].max()
@@ -132,10 +139,10 @@ def test_surface_change_curves_match_surfaces_at_for_every_k():
     mean, largest = surface_change_curves(losses, "plane:")
     np.testing.assert_array_equal(mean.k, np.arange(1, 7))
     for k in range(1, 7):
-        change = surfaces_at(losses, k, 4)[1]
+        change = surfaces_at(losses, k)[1]
         assert mean.delta[k - 1] == pytest.approx(change.mean(), rel=1e-12)
         assert largest.delta[k - 1] == pytest.approx(change.max(), rel=1e-12)
-    np.testing.assert_allclose(mean.delta, delta_from_losses(losses)[0], rtol=1e-12)
+    np.testing.assert_allclose(mean.delta, delta_from_losses(losses).delta, rtol=1e-12)
     assert mean.label == "plane: mean over the grid" and not np.any(mean.stderr)
     with pytest.raises(ValueError, match="N >= 2"):
         surface_change_curves(losses[:, :1])

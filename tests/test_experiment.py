@@ -1,0 +1,85 @@
+"""Experiment: the notebooks' cached pipeline, its set-up from parameters and its cache keys."""
+
+import numpy as np
+import pytest
+import torch
+
+import hesslib.experiment
+from hesslib import Experiment, delta_monte_carlo, delta_theory
+from hesslib.cache import cached, config_key, project_root
+
+TINY = dict(dataset="digits", limit=192, model="mlp", hidden=(8,), epochs=1, batch_size=64, progress=False)
+
+
+@pytest.fixture(scope="module")
+def exp(tmp_path_factory):
+    return Experiment(**TINY, cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def _files(exp, namespace):
+    return sorted(p.name for p in exp.cache_dir.glob(f"{namespace}-*.pt"))
+
+
+def test_monte_carlo_and_theory_equal_the_estimators_on_the_same_subspace(exp):
+    P = exp.basis("hessian", 2)
+    mc = exp.monte_carlo("hessian", 2, sigma=0.5, samples=8, mc_seed=3)
+    direct = delta_monte_carlo(exp.objective, P, sigma=0.5, samples=8, seed=3)
+    np.testing.assert_allclose(mc.delta, direct.delta, rtol=1e-6)
+    assert mc.meta["directions"] == "hessian" and mc.meta["seed"] == 3 and mc.meta["samples"] == 8
+    theory = exp.theory("random", 2, sigma=0.5, formula="paper", direction_seed=4)
+    P_random = exp.basis("random", 2, direction_seed=4)
+    np.testing.assert_allclose(theory.delta, delta_theory(exp.objective, P_random, sigma=0.5, formula="paper").delta,
+                               rtol=1e-6)
+    assert theory.label == "paper's formula" and theory.meta["direction_seed"] == 4
+
+
+def test_cache_hits_recompute_nothing_and_keys_separate_every_setting(exp, monkeypatch):
+    first = exp.loss_matrix("random", 2, sigma=1.0, samples=4, direction_seed=1, mc_seed=2)
+    before = _files(exp, "losses")
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a cache hit must not evaluate losses")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(hesslib.experiment, "subspace_losses", fail)
+        assert torch.equal(exp.loss_matrix("random", 2, sigma=1.0, samples=4, direction_seed=1, mc_seed=2), first)
+    # the Monte Carlo seed and the direction seed are separate keys with separate effects
+    other_theta = exp.loss_matrix("random", 2, sigma=1.0, samples=4, direction_seed=1, mc_seed=3)
+    other_P = exp.loss_matrix("random", 2, sigma=1.0, samples=4, direction_seed=5, mc_seed=2)
+    assert not torch.equal(other_theta, first) and not torch.equal(other_P, first)
+    assert len(_files(exp, "losses")) == len(before) + 2
+    # Hessian directions have no direction seed: any value reads the same cache entry
+    exp.curvature("hessian", 2)
+    count = len(_files(exp, "curvature"))
+    with monkeypatch.context() as patch:
+        patch.setattr(hesslib.experiment, "projected_hessians", fail)
+        exp.curvature("hessian", 2, direction_seed=9)
+    assert len(_files(exp, "curvature")) == count
+
+
+def test_bad_directions_name_the_parameter(exp):
+    with pytest.raises(ValueError, match="directions must be one of"):
+        exp.basis("sideways", 2)
+    with pytest.raises(ValueError, match="directions must be one of"):
+        exp.monte_carlo("sideways", 2, sigma=1.0, samples=2)
+
+
+def test_from_parameters_uses_known_names_and_the_project_root(tmp_path, monkeypatch):
+    params = dict(TINY, cache_dir=str(tmp_path / "cache"), sigma=0.3, output_dir="figures", D=2)
+    monkeypatch.chdir(project_root() / "notebooks")  # as in JupyterLab
+    exp = Experiment.from_parameters(params)
+    assert exp.cache_dir == tmp_path / "cache" and exp.root == project_root() / "data"
+    assert (exp.dataset, exp.limit, exp.hidden, exp.batch_size, exp.progress) == ("digits", 192, (8,), 64, False)
+    monkeypatch.setattr(Experiment, "__post_init__", lambda self: None)  # resolve paths only: train nothing
+    relative = Experiment.from_parameters(dict(params, cache_dir="data/cache-x"), progress=True)
+    assert relative.cache_dir == project_root() / "data/cache-x" and relative.progress
+
+
+def test_config_key_is_stable_and_depends_on_every_setting(tmp_path):
+    config = {"a": 1, "b": [1, 2]}
+    assert config_key(config) == config_key({"b": [1, 2], "a": 1}) and len(config_key(config)) == 16
+    assert config_key(config) != config_key({"a": 1, "b": [2, 1]})
+    calls = []
+    value = cached("thing", config, lambda: calls.append(1) or 42, cache_dir=tmp_path)
+    assert value == 42 and cached("thing", config, lambda: calls.append(1) or 0, cache_dir=tmp_path) == 42
+    assert cached("other", config, lambda: calls.append(1) or 7, cache_dir=tmp_path) == 7 and len(calls) == 2
