@@ -25,9 +25,12 @@ DEFAULT_CACHE_DIR = Path("data") / "cache"
 
 
 def project_root(start: str | Path | None = None) -> Path:
-    """The folder holding ``pyproject.toml`` and ``hesslib/`` above ``start`` (default: the current directory),
-    so relative data, cache and figure folders mean the same from ``notebooks/`` (JupyterLab) and from the
-    repository root (papermill); ``start`` itself when there is none (hesslib used outside its repository)."""
+    """The folder holding ``pyproject.toml`` and ``hesslib/`` at or above ``start`` (default: the current directory).
+
+    Relative data, cache and figure folders then mean the same from ``notebooks/`` (JupyterLab) and from the
+    repository root (papermill). Returns ``start`` itself when there is none (hesslib used outside its
+    repository).
+    """
     here = Path(start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / "pyproject.toml").exists() and (folder / "hesslib").is_dir():

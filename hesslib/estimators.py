@@ -33,6 +33,9 @@ MONTE_CARLO_LABEL = "Monte Carlo"
 class DeltaCurve:
     """Δ_k for k = 1..N−1 (``k``, ``delta``), its standard error (zeros for closed forms), and how it was made.
 
+    ``len(curve)`` is the number of points, N − 1. Made by :func:`delta_from_losses` (Monte Carlo),
+    :func:`delta_from_curvature` (closed forms), :func:`delta_unperturbed` and the online rule.
+
     Attributes:
         k: int array [N−1], the number of batches k of each point.
         delta: float array [N−1], Δ_k.
@@ -78,7 +81,23 @@ def _check_P(objective: Objective, P: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_thetas(D: int, sigma: float, samples: int, *, seed: int = 0) -> torch.Tensor:
-    """θ_1..θ_T ~ N(0, σ² I_D) as a [T, D] float64 tensor (T = ``samples``), reproducible from ``seed``."""
+    """Draw θ_1..θ_T ~ N(0, σ² I_D), reproducibly from ``seed``.
+
+    Args:
+        D: the subspace dimension, ≥ 1.
+        sigma: σ, the standard deviation of every coordinate (not checked here; > 0 is the intended use).
+        samples: T, the number of draws, ≥ 0.
+        seed: seeds a fresh CPU generator (the global torch generator is untouched).
+
+    Returns:
+        θ as a float64 CPU tensor [T, D], one draw per row.
+
+    Example:
+        >>> gaussian_thetas(3, 0.5, 4, seed=1).shape
+        torch.Size([4, 3])
+        >>> bool(torch.equal(gaussian_thetas(3, 0.5, 4, seed=1), gaussian_thetas(3, 0.5, 4, seed=1)))
+        True
+    """
     generator = torch.Generator().manual_seed(seed)
     return sigma * torch.randn(samples, D, generator=generator, dtype=torch.float64)
 
@@ -92,12 +111,22 @@ def _float64(values: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
 
 
 def _prefix_means(losses: torch.Tensor) -> torch.Tensor:
+    """L_k = (1/k) Σ_{i≤k} ℓ_i along the last axis of a float64 tensor."""
     return losses.cumsum(-1) / torch.arange(1, losses.shape[-1] + 1, dtype=torch.float64)
 
 
 def prefix_means(values: np.ndarray | torch.Tensor) -> np.ndarray:
-    """L_k = (1/k) Σ_{i≤k} ℓ_i for k = 1..N along the last axis of ``values`` [..., N], in float64; index
-    ``k − 1`` holds L_k (e.g. L_k(w*) from ``Objective.batch_losses()``).
+    """The prefix means L_k = (1/k) Σ_{i≤k} ℓ_i for k = 1..N along the last axis.
+
+    Args:
+        values: per-batch losses ℓ_i [..., N] with N ≥ 1, an array, tensor or list of real numbers (e.g.
+            ℓ_i(w*) from ``Objective.batch_losses()``, or a [T, N] loss matrix).
+
+    Returns:
+        A float64 numpy array [..., N] whose index ``k − 1`` holds L_k.
+
+    Raises:
+        ValueError: if ``values`` is a scalar or its last axis is empty.
 
     Example:
         >>> prefix_means([1.0, 3.0, 2.0]).tolist()
@@ -107,9 +136,19 @@ def prefix_means(values: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def loss_changes(batch_losses: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """L_{k+1} − L_k = (ℓ_{k+1} − L_k)/(k+1) for k = 1..N−1 along the last axis of ``batch_losses`` [..., N]
-    (e.g. ℓ_i(w* + Pθ_t) as [T, N]): a float64 CPU tensor [..., N−1] whose index ``k − 1`` holds the change
-    for k. The telescoped form avoids differencing two nearly equal prefix means.
+    """The changes L_{k+1} − L_k = (ℓ_{k+1} − L_k)/(k+1) for k = 1..N−1 along the last axis.
+
+    The telescoped form avoids differencing two nearly equal prefix means.
+
+    Args:
+        batch_losses: per-batch losses ℓ_i [..., N] with N ≥ 2 (e.g. ℓ_i(w* + Pθ_t) as [T, N]), an array or
+            tensor of real numbers.
+
+    Returns:
+        A float64 CPU tensor [..., N − 1] whose index ``k − 1`` holds L_{k+1} − L_k.
+
+    Raises:
+        ValueError: if ``batch_losses`` is a scalar or has fewer than 2 batches along its last axis.
 
     Example:
         >>> loss_changes(torch.tensor([1.0, 3.0, 2.0])).tolist()
@@ -129,6 +168,22 @@ def delta_from_losses(batch_losses: np.ndarray | torch.Tensor, *, sigma: float =
     Δ_k = (1/T) Σ_t (L_{k+1} − L_k)²(θ_t) with :func:`loss_changes` along each row (one batch order for every θ,
     the SAME θ for L_k and L_{k+1}); stderr = std_t / √T (NaN for T = 1). ``sigma`` and ``meta`` describe how
     the θ were drawn and are stored on the curve.
+
+    Args:
+        batch_losses: [T, N] with T ≥ 1 draws and N ≥ 2 batches, an array or tensor of real numbers.
+        sigma: the σ the θ_t were drawn with (NaN: unknown); stored, not used.
+        meta: extra settings stored in ``curve.meta`` after ``{"samples": T}``.
+
+    Returns:
+        A :class:`DeltaCurve` labelled "Monte Carlo" with k = 1..N−1 and float64 ``delta`` and ``stderr``.
+
+    Raises:
+        ValueError: if ``batch_losses`` is not 2-D or has fewer than 2 batches.
+
+    Example:
+        >>> curve = delta_from_losses(np.array([[1.0, 3.0, 2.0], [1.0, 1.0, 1.0]]))
+        >>> curve.k.tolist(), curve.delta.tolist(), curve.stderr.tolist()
+        ([1, 2], [0.5, 0.0], [0.5, 0.0])
     """
     squared = loss_changes(batch_losses) ** 2
     if squared.dim() != 2:
@@ -150,7 +205,27 @@ def delta_monte_carlo(
     seed: int = 0,
     progress: bool = False,
 ) -> DeltaCurve:
-    """Monte Carlo Δ_k, k = 1..N−1, from ONE [T, N] loss matrix over T = ``samples`` Gaussian θ (all D used)."""
+    """Monte Carlo Δ_k = E_θ[(L_{k+1}(w* + Pθ) − L_k(w* + Pθ))²], θ ~ N(0, σ² I_D), for k = 1..N−1.
+
+    Draws T = ``samples`` θ with :func:`gaussian_thetas`, evaluates ONE [T, N] loss matrix with
+    :func:`~hesslib.subspace.subspace_losses` (all D columns of P used) and reads it with
+    :func:`delta_from_losses`.
+
+    Args:
+        objective: the loss, its N ≥ 2 batches and w*.
+        P: the subspace basis [M, D], D ≥ 1, in the objective's dtype on its device.
+        sigma: σ, a finite number > 0.
+        samples: T, an int ≥ 1 (T = 1 gives NaN standard errors).
+        seed: seeds the draw of θ.
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`DeltaCurve` labelled "Monte Carlo", with ``meta`` holding ``samples``, ``seed`` and ``D``.
+
+    Raises:
+        ValueError: if ``sigma`` is not a finite number > 0, ``samples`` is not an int ≥ 1, ``P`` is not
+            [M, D] in the objective's dtype and device, or the objective has fewer than 2 batches.
+    """
     sigma = _check_sigma(sigma)
     if not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
@@ -163,11 +238,35 @@ def delta_monte_carlo(
 def delta_from_curvature(curvature: ProjectedCurvature, sigma: float, formula: Formula) -> DeltaCurve:
     """Closed-form Δ_k, k = 1..N−1, from per-batch terms, via prefix means L_k, Pᵀ∇L_k, PᵀH_kP.
 
+    H_k = (1/k) Σ_{i≤k} ∇²ℓ_i(w*), and likewise for L_k and ∇L_k; all k come from one cumulative sum.
+
     ``"second_order"``: with a_k = L_{k+1} − L_k, c_k = Pᵀ(∇L_{k+1} − ∇L_k), B_k = Pᵀ(H_{k+1} − H_k)P (full D×D),
         Δ_k ≈ a_k² + σ²‖c_k‖² + a_k σ² tr B_k + σ⁴/4 (2 tr B_k² + (tr B_k)²), exact for a quadratic loss.
     ``"paper"`` (Theorem 1): with λ_k the eigenvalues of PᵀH_kP (the Rayleigh–Ritz estimates of the top-D
         eigenvalues of H_k), sorted descending, Δλ = λ_{k+1} − λ_k:
         Δ_k ≈ σ⁴/4 (2 Σ_d Δλ_d² + (Σ_d Δλ_d)²).
+
+    Args:
+        curvature: per-batch terms from :func:`~hesslib.hessian.projected_hessians`, N ≥ 2 batches, any dtype
+            and device (computed in float64 on the CPU).
+        sigma: σ, a finite number > 0.
+        formula: ``"second_order"`` or ``"paper"``.
+
+    Returns:
+        A :class:`DeltaCurve` with k = 1..N−1, float64 ``delta``, zero ``stderr``, the formula's label, and
+        ``meta`` holding ``formula`` and ``D``.
+
+    Raises:
+        ValueError: if ``sigma`` is not a finite number > 0, ``formula`` is unknown, or N < 2.
+
+    Example:
+        With D = 1, a constant loss and gradient, both formulas give 3σ⁴/4 (H_{k+1} − H_k)²:
+
+        >>> c = ProjectedCurvature(torch.ones(3), torch.zeros(3, 1), torch.tensor([[[2.0]], [[0.0]], [[1.0]]]))
+        >>> delta_from_curvature(c, 1.0, "second_order").delta.tolist()
+        [0.75, 0.0]
+        >>> delta_from_curvature(c, 1.0, "paper").delta.tolist()
+        [0.75, 0.0]
     """
     sigma = _check_sigma(sigma)
     _check_formula(formula)
@@ -200,8 +299,23 @@ def delta_theory(
     formula: Formula = "second_order",
     curvature: ProjectedCurvature | None = None,
 ) -> DeltaCurve:
-    """Closed-form Δ_k for every k (:func:`delta_from_curvature`) from ONE pass of :func:`projected_hessians`
-    (pass ``curvature`` to reuse one)."""
+    """Closed-form Δ_k for every k (:func:`delta_from_curvature`) from ONE pass of :func:`projected_hessians`.
+
+    Args:
+        objective: the loss, its N ≥ 2 batches and w*.
+        P: the subspace basis [M, D], D ≥ 1, in the objective's dtype on its device.
+        sigma: σ of θ ~ N(0, σ² I_D), a finite number > 0.
+        formula: ``"second_order"`` (default) or ``"paper"`` (see :func:`delta_from_curvature`).
+        curvature: reuse these per-batch terms instead of computing them; they must come from this objective
+            and P (not checked; P is still validated).
+
+    Returns:
+        A :class:`DeltaCurve` with k = 1..N−1 and zero ``stderr``.
+
+    Raises:
+        ValueError: if ``sigma`` is not a finite number > 0, ``formula`` is unknown, ``P`` is not [M, D] in
+            the objective's dtype and device, or the objective has fewer than 2 batches.
+    """
     sigma = _check_sigma(sigma)
     _check_formula(formula)
     P = _check_P(objective, P)
@@ -222,12 +336,15 @@ def _curve_and_tol(curve: DeltaCurve | np.ndarray, tol: float) -> tuple[np.ndarr
 def sufficient_sample_size(curve: DeltaCurve | np.ndarray, tol: float) -> int | None:
     """K = inf{k : Δ_{k'} < tol for all k' ≥ k}: the k after the LAST exceedance (a NaN counts as one).
 
+    Only the k the curve covers count (k' ≤ N − 1).
+
     Args:
         curve: a :class:`DeltaCurve`, or a bare array of Δ_k whose first entry is k = 1.
-        tol: the tolerance Δ > 0.
+        tol: the tolerance Δ, a number > 0.
 
     Returns:
-        K, or None when the last Δ is not below ``tol`` (the curve never settles; see :func:`format_K`).
+        K as an int, or None when the last Δ is not below ``tol`` or the curve is empty (the curve never
+        settles; see :func:`format_K`).
 
     Raises:
         ValueError: if ``tol`` is not a number > 0.
@@ -245,8 +362,25 @@ def sufficient_sample_size(curve: DeltaCurve | np.ndarray, tol: float) -> int | 
 
 
 def moving_average(values: np.ndarray, window: int = 5, *, pad: str = "edge") -> np.ndarray:
-    """Centred moving average over ``window`` points (odd), the ends padded with ``np.pad(mode=pad)``, so the
-    output has the input's length. The paper's figure uses ``window=5`` with edge padding."""
+    """Centred moving average over ``window`` points, the same length as the input.
+
+    The ends are padded with ``np.pad(mode=pad)``. The paper's figure uses ``window=5`` with edge padding.
+
+    Args:
+        values: a 1-D array of numbers.
+        window: the number of points averaged, an odd int ≥ 1.
+        pad: an ``np.pad`` mode for the ends.
+
+    Returns:
+        A float array of ``values``' length.
+
+    Raises:
+        ValueError: if ``window`` is not an odd int ≥ 1.
+
+    Example:
+        >>> moving_average(np.array([0.0, 3.0, 0.0, 3.0]), 3).tolist()
+        [1.0, 1.0, 2.0, 2.0]
+    """
     if not isinstance(window, int) or window < 1 or window % 2 == 0:
         raise ValueError(f"window must be an odd integer >= 1, got {window!r}")
     values = np.asarray(values, dtype=float)
@@ -255,7 +389,27 @@ def moving_average(values: np.ndarray, window: int = 5, *, pad: str = "edge") ->
 
 
 def loglog_slope(curve: DeltaCurve, *, k_min: int = 1, k_max: int | None = None) -> tuple[float, float]:
-    """Least-squares fit log Δ_k = log C + s log k over k_min ≤ k ≤ k_max (finite, positive Δ only): (s, C)."""
+    """Least-squares fit of log Δ_k = log C + s log k, i.e. Δ_k ≈ C k^s, over k_min ≤ k ≤ k_max.
+
+    Only finite, positive Δ_k are used.
+
+    Args:
+        curve: the Δ_k curve.
+        k_min: the smallest k used.
+        k_max: the largest k used; None: no upper bound.
+
+    Returns:
+        (s, C) as floats.
+
+    Raises:
+        ValueError: if fewer than 2 finite positive Δ_k lie in [k_min, k_max].
+
+    Example:
+        >>> k = np.arange(1, 6)
+        >>> s, C = loglog_slope(DeltaCurve(k, 4.0 / k**2, np.zeros(5), "4/k²", 1.0))
+        >>> round(s, 6), round(C, 6)
+        (-2.0, 4.0)
+    """
     k = np.asarray(curve.k, dtype=float)
     delta = np.asarray(curve.delta, dtype=float)
     keep = (k >= k_min) & (k <= (k_max if k_max is not None else np.inf)) & np.isfinite(delta) & (delta > 0)
@@ -266,9 +420,18 @@ def loglog_slope(curve: DeltaCurve, *, k_min: int = 1, k_max: int | None = None)
 
 
 def delta_ratio(estimate: DeltaCurve, reference: DeltaCurve) -> np.ndarray:
-    """estimate Δ_k / reference Δ_k at every k (NaN where the reference is not a finite positive number).
+    """The ratio estimate Δ_k / reference Δ_k at every k.
 
-    Both curves must cover the same k (e.g. a closed form and Monte Carlo from the same experiment)."""
+    Args:
+        estimate: e.g. a closed form.
+        reference: e.g. Monte Carlo from the same experiment, covering the same k.
+
+    Returns:
+        A float array [len(k)], NaN where the reference is not a finite positive number.
+
+    Raises:
+        ValueError: if the two curves do not cover the same k.
+    """
     if not np.array_equal(np.asarray(estimate.k), np.asarray(reference.k)):
         raise ValueError("estimate and reference must cover the same k")
     ref = np.asarray(reference.delta, dtype=float)
@@ -281,10 +444,13 @@ def delta_ratio(estimate: DeltaCurve, reference: DeltaCurve) -> np.ndarray:
 class Agreement:
     """How an estimate of Δ_k compares with a (Monte Carlo) reference over the k it was compared on.
 
-    ``median_ratio``: median over k of estimate / reference; ``fraction_at_or_above``: the share of k where
-    estimate ≥ reference (1.0 for an upper bound); ``fraction_significantly_below``: the share of k where
-    estimate < reference − 2·stderr(reference), i.e. below the reference by more than its Monte Carlo noise;
-    ``num_k``: how many k were compared."""
+    Attributes:
+        median_ratio: the median over k of estimate / reference.
+        fraction_at_or_above: the share of k where estimate ≥ reference (1.0 for an upper bound).
+        fraction_significantly_below: the share of k where estimate < reference − 2·stderr(reference), i.e.
+            below the reference by more than its Monte Carlo noise (a NaN stderr counts as 0).
+        num_k: how many k were compared.
+    """
 
     median_ratio: float
     fraction_at_or_above: float
@@ -293,7 +459,21 @@ class Agreement:
 
 
 def compare_to_reference(estimate: DeltaCurve, reference: DeltaCurve, *, k_min: int = 1) -> Agreement:
-    """Summarise ``estimate`` against ``reference`` over k ≥ ``k_min`` where the reference is finite and > 0."""
+    """Summarise ``estimate`` against ``reference`` over k ≥ ``k_min``.
+
+    Only the k where the reference is finite and > 0 and the ratio is finite are compared.
+
+    Args:
+        estimate: the Δ_k curve to judge (e.g. a closed form).
+        reference: the reference Δ_k curve covering the same k, with its standard error (e.g. Monte Carlo).
+        k_min: the smallest k compared.
+
+    Returns:
+        An :class:`Agreement`.
+
+    Raises:
+        ValueError: if the curves do not cover the same k, or no k ≥ ``k_min`` can be compared.
+    """
     ratio = delta_ratio(estimate, reference)
     keep = (np.asarray(reference.k) >= k_min) & np.isfinite(ratio)
     if not keep.any():
@@ -307,8 +487,14 @@ def compare_to_reference(estimate: DeltaCurve, reference: DeltaCurve, *, k_min: 
 
 @dataclass
 class LinearFit:
-    """y ≈ slope · x + intercept by least squares over ``num_points`` points, with the coefficient of
-    determination ``r2`` (1 − residual / total sum of squares)."""
+    """A least-squares line y ≈ slope · x + intercept (made by :func:`fit_against`).
+
+    Attributes:
+        slope: the fitted slope.
+        intercept: the fitted intercept.
+        r2: the coefficient of determination, 1 − residual / total sum of squares (1.0 when y is constant).
+        num_points: how many points were fitted.
+    """
 
     slope: float
     intercept: float
@@ -317,8 +503,21 @@ class LinearFit:
 
 
 def fit_against(curve: DeltaCurve, x: np.ndarray, *, k_min: int = 1) -> LinearFit:
-    """Least-squares line Δ_k ≈ slope · x_k + intercept over k ≥ ``k_min`` (finite values only), where ``x`` is
-    aligned with ``curve.k`` (e.g. L_k(w*) = ``prefix_means(batch_losses)[curve.k - 1]``)."""
+    """Least-squares line Δ_k ≈ slope · x_k + intercept over k ≥ ``k_min`` (finite values only).
+
+    Args:
+        curve: the Δ_k curve.
+        x: the regressor aligned with ``curve.k``, float [len(curve)] (e.g. L_k(w*) =
+            ``prefix_means(batch_losses)[curve.k - 1]``).
+        k_min: the smallest k used.
+
+    Returns:
+        A :class:`LinearFit`.
+
+    Raises:
+        ValueError: if ``x`` does not have the curve's shape, or fewer than 2 finite points with k ≥ ``k_min``
+            remain, or their x are all equal.
+    """
     k = np.asarray(curve.k)
     x = np.asarray(x, dtype=float)
     y = np.asarray(curve.delta, dtype=float)
@@ -335,9 +534,20 @@ def fit_against(curve: DeltaCurve, x: np.ndarray, *, k_min: int = 1) -> LinearFi
 
 
 def settling_envelope(curve: DeltaCurve | np.ndarray) -> np.ndarray:
-    """E_k = max_{k' ≥ k} Δ_{k'} (a NaN counts as +inf): the running maximum from the right, non-increasing in k.
+    """The settling envelope E_k = max_{k' ≥ k} Δ_{k'}: the running maximum from the right, non-increasing in k.
 
-    It reads K for every tolerance at once: K(tol) = the first k with E_k < tol (see :func:`sample_size_curve`).
+    A NaN counts as +inf. It reads K for every tolerance at once: K(tol) = the first k with E_k < tol (see
+    :func:`sample_size_curve`).
+
+    Args:
+        curve: a :class:`DeltaCurve`, or a bare array of Δ_k.
+
+    Returns:
+        A float array of the curve's length.
+
+    Example:
+        >>> settling_envelope(np.array([0.5, 0.05, 0.2, 0.04])).tolist()
+        [0.5, 0.2, 0.2, 0.04]
     """
     delta = np.asarray(curve.delta if isinstance(curve, DeltaCurve) else curve, dtype=float)
     delta = np.where(np.isnan(delta), np.inf, delta)
@@ -349,6 +559,22 @@ def sample_size_curve(curve: DeltaCurve, tolerances: np.ndarray | list[float], *
 
     ``z`` shifts the curve to Δ_k + z·s.e._k first (clipped at 0), so ``z = ±2`` brackets how far Monte Carlo
     noise moves K (Δ − 2 s.e. gives the smaller K, Δ + 2 s.e. the larger).
+
+    Args:
+        curve: the Δ_k curve, with its ``stderr``.
+        tolerances: the tolerances Δ, each a number > 0.
+        z: the shift in standard errors.
+
+    Returns:
+        A float array [len(tolerances)] of K, NaN where the curve never settles.
+
+    Raises:
+        ValueError: if a tolerance is not > 0.
+
+    Example:
+        >>> curve = DeltaCurve(np.arange(1, 5), np.array([0.5, 0.05, 0.2, 0.04]), np.zeros(4), "Δ", 1.0)
+        >>> sample_size_curve(curve, [1.0, 0.1, 0.01]).tolist()
+        [1.0, 4.0, nan]
     """
     delta = np.clip(np.asarray(curve.delta, dtype=float) + z * np.asarray(curve.stderr, dtype=float), 0.0, None)
     shifted = replace(curve, delta=delta)
@@ -357,8 +583,21 @@ def sample_size_curve(curve: DeltaCurve, tolerances: np.ndarray | list[float], *
 
 
 def delta_unperturbed(batch_losses: np.ndarray | torch.Tensor) -> DeltaCurve:
-    """Δ_k at θ = 0, i.e. (L_{k+1}(w*) − L_k(w*))² for k = 1..N−1 from the per-batch losses ℓ_i(w*)
-    (``Objective.batch_losses()``): the σ → 0 limit of Δ_k for any directions."""
+    """Δ_k at θ = 0, i.e. (L_{k+1}(w*) − L_k(w*))²: the σ → 0 limit of Δ_k for any directions.
+
+    Args:
+        batch_losses: the per-batch losses ℓ_i(w*) [N] with N ≥ 2 (``Objective.batch_losses()``).
+
+    Returns:
+        A :class:`DeltaCurve` with k = 1..N−1, zero ``stderr`` and σ = 0.
+
+    Raises:
+        ValueError: if ``batch_losses`` is not 1-D or has fewer than 2 entries.
+
+    Example:
+        >>> delta_unperturbed(np.array([1.0, 3.0, 2.0])).delta.tolist()
+        [1.0, 0.0]
+    """
     losses = _float64(batch_losses, "batch_losses")
     if losses.dim() != 1:
         raise ValueError(f"batch_losses must be 1-D [N], got shape {list(losses.shape)}")
@@ -367,16 +606,46 @@ def delta_unperturbed(batch_losses: np.ndarray | torch.Tensor) -> DeltaCurve:
 
 
 def format_K(K: int | float | None, num_batches: int) -> str:
-    """K as text: the number of batches, or "never settles (K > N − 1)" when Δ_k does not stay below the
-    tolerance within the data (K is None or NaN). The one wording for that case across tables and figures."""
+    """K as text: the number of batches, or "never settles (K > N − 1)" when K is None or NaN.
+
+    The one wording, across tables and figures, for a Δ_k that does not stay below the tolerance within the data.
+
+    Args:
+        K: from :func:`sufficient_sample_size` (int or None) or :func:`sample_size_curve` (float, NaN).
+        num_batches: N, the number of batches of the curve.
+
+    Returns:
+        The text.
+
+    Example:
+        >>> format_K(4, 78), format_K(4.0, 78), format_K(None, 78)
+        ('4', '4', 'never settles (K > 77)')
+    """
     if K is None or (isinstance(K, float) and np.isnan(K)):
         return f"never settles (K > {num_batches - 1})"
     return str(int(K))
 
 
 def first_below(curve: DeltaCurve | np.ndarray, tol: float) -> int | None:
-    """The first k with Δ_k < tol (None if none): what a rule that stops at the first dip would report. It is
-    never later than :func:`sufficient_sample_size`, and earlier whenever the curve comes back above ``tol``."""
+    """The first k with Δ_k < tol: what a rule that stops at the first dip would report.
+
+    It is never later than :func:`sufficient_sample_size`, and earlier whenever the curve comes back above
+    ``tol``.
+
+    Args:
+        curve: a :class:`DeltaCurve`, or a bare array of Δ_k whose first entry is k = 1.
+        tol: the tolerance Δ, a number > 0.
+
+    Returns:
+        The first k as an int, or None if no Δ_k is below ``tol``.
+
+    Raises:
+        ValueError: if ``tol`` is not a number > 0.
+
+    Example:
+        >>> first_below(np.array([0.5, 0.05, 0.2, 0.04, 0.03]), 0.1)
+        2
+    """
     k, delta = _curve_and_tol(curve, tol)
     below = np.flatnonzero(delta < tol)
     return None if len(below) == 0 else int(k[below[0]])

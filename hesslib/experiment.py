@@ -29,12 +29,41 @@ DIRECTIONS: tuple[str, ...] = get_args(Directions)
 
 @dataclass
 class Experiment:
-    """Data, model and training settings (``seed`` is the training seed, ``train_*`` the optimiser's) and the
-    analysis batch size B. Building one trains (or loads) w* and the :class:`~hesslib.hessian.Objective`.
+    """One configured experiment: data, model, training of w*, and the analysis batch size B, all cached.
 
-    Every method that names a subspace takes ``directions``: ``"hessian"`` (the top-D eigenvectors of H_N(w*))
-    or ``"random"`` (filter-normalised Gaussian directions drawn with ``direction_seed``); Monte Carlo θ are
-    drawn with ``mc_seed``, independently of the directions.
+    Building one trains w* with :func:`~hesslib.training.train` (or loads it from ``cache_dir``), loads the data
+    in its fixed order and builds the :class:`~hesslib.hessian.Objective` over N = ceil(n / B) batches. Every
+    method that names a subspace takes ``directions``: ``"hessian"`` (the top-D eigenvectors of H_N(w*)) or
+    ``"random"`` (filter-normalised, orthonormalised Gaussian directions drawn with ``direction_seed``); Monte
+    Carlo θ are drawn with ``mc_seed``, independently of the directions.
+
+    Args:
+        dataset: a name accepted by :func:`~hesslib.data.load_dataset`.
+        limit: use the first ``limit`` samples of the fixed order (None: all).
+        model: ``"linear"``, ``"mlp"`` or ``"cnn"``.
+        hidden: the MLP's hidden widths.
+        channels: the CNN's conv widths.
+        epochs: training epochs.
+        lr: the optimiser's (Adam's) learning rate.
+        train_batch_size: the training mini-batch size.
+        seed: the training seed.
+        batch_size: B, the analysis batch size (k counts batches of B samples).
+        device: where everything is computed.
+        root: the data folder.
+        cache_dir: the cache folder; None recomputes everything.
+        progress: show progress bars.
+
+    Attributes:
+        net: the trained model at w*, in evaluation mode.
+        record: its :class:`~hesslib.training.TrainRecord`.
+        data: the :class:`~hesslib.data.Dataset`.
+        objective: the :class:`~hesslib.hessian.Objective` L(w) over N batches of B, around w*.
+
+    Raises:
+        ValueError: for settings that :func:`~hesslib.training.train`, :func:`~hesslib.data.load_dataset` or
+            :class:`~hesslib.hessian.Objective` reject (e.g. an unknown dataset or model, ``batch_size`` outside
+            [1, n]).
+        FileNotFoundError: if the dataset's files are missing.
     """
 
     dataset: str = "mnist5k"
@@ -65,11 +94,20 @@ class Experiment:
 
     @classmethod
     def from_parameters(cls, params: Mapping[str, Any], *, progress: bool = False) -> Experiment:
-        """The experiment a notebook's parameters describe: every key of ``params`` that names a field
-        (``dataset``, ``limit``, ``model``, ``hidden``, ``channels``, ``epochs``, ``lr``, ``train_batch_size``,
-        ``seed``, ``batch_size``, ``device``, ``cache_dir``) is used, other keys are ignored (a notebook passes
-        ``globals()``). ``cache_dir`` and the data folder ``root`` (default ``data/``) are resolved against the
-        project root, so a notebook runs the same from ``notebooks/`` and from the repository root.
+        """The experiment a notebook's parameters describe.
+
+        Every key of ``params`` that names a field (``dataset``, ``limit``, ``model``, ``hidden``, ``channels``,
+        ``epochs``, ``lr``, ``train_batch_size``, ``seed``, ``batch_size``, ``device``, ``root``, ``cache_dir``)
+        is used, other keys are ignored (a notebook passes ``globals()``). ``cache_dir`` and the data folder
+        ``root`` (default ``data/``) are resolved against the project root, so a notebook runs the same from
+        ``notebooks/`` and from the repository root.
+
+        Args:
+            params: a mapping of parameter names to values, e.g. a notebook's ``globals()``.
+            progress: show progress bars.
+
+        Returns:
+            The built :class:`Experiment` (w* trained or loaded).
         """
         names = {f.name for f in fields(cls) if f.init} - {"progress"}
         kwargs = {name: params[name] for name in names if name in params}
@@ -88,6 +126,7 @@ class Experiment:
         return config
 
     def _cached(self, namespace: str, extra: dict, compute):
+        """``compute()`` memoised under ``namespace``, keyed by :attr:`config` plus ``extra``."""
         return cached(namespace, {**self.config, **extra}, compute, cache_dir=self.cache_dir)
 
     def _subspace_key(self, directions: Directions, D: int, direction_seed: int) -> dict:
@@ -99,16 +138,42 @@ class Experiment:
     # ---- directions ------------------------------------------------------------------------------------
     def eigenpairs(self, d: int, *, tol: float = 1e-4, method: EigenMethod = "lanczos",
                    solver_seed: int = 0) -> EigenResult:
-        """Top-d eigenpairs of H_N(w*) (:func:`~hesslib.eigen.top_eigenpairs`, cached); ``solver_seed`` seeds
-        the solver's random start."""
+        """Top-d eigenpairs of H = H_N(w*) (:func:`~hesslib.eigen.top_eigenpairs`, cached).
+
+        Args:
+            d: the number of eigenpairs, an int in [1, M − 1].
+            tol: the relative residual to reach, > 0.
+            method: ``"lanczos"`` or ``"power"``.
+            solver_seed: seeds the solver's random start.
+
+        Returns:
+            An :class:`~hesslib.eigen.EigenResult`: eigenvalues [d] descending, eigenvectors [M, d].
+
+        Raises:
+            ValueError: as :func:`~hesslib.eigen.top_eigenpairs`.
+        """
         return self._cached("eigen", dict(d=d, tol=tol, method=method, solver_seed=solver_seed),
                             lambda: top_eigenpairs(self.objective, d, tol=tol, method=method, seed=solver_seed,
                                                    progress=self.progress))
 
     def basis(self, directions: Directions, D: int, *, direction_seed: int = 0,
               orthonormalize: bool = True) -> torch.Tensor:
-        """P [M, D]: the top-D Hessian eigenvectors, or filter-normalised random directions (orthonormalised by
-        default, so both families have unit-norm, orthogonal columns and σ means the same step length)."""
+        """The subspace basis P [M, D] of w = w* + Pθ.
+
+        Args:
+            directions: ``"hessian"`` (the top-D eigenvectors of H, cached) or ``"random"``
+                (filter-normalised Gaussian directions).
+            D: the subspace dimension (an int in [1, M − 1] for ``"hessian"``, [1, M] for ``"random"``).
+            direction_seed: seeds random directions (ignored for ``"hessian"``).
+            orthonormalize: orthonormalise random directions (default, so both families have unit-norm,
+                orthogonal columns and σ means the same step length); ignored for ``"hessian"``.
+
+        Returns:
+            P [M, D] in the objective's dtype on its device.
+
+        Raises:
+            ValueError: if ``directions`` is unknown or ``D`` is out of range.
+        """
         self._subspace_key(directions, D, direction_seed)
         if directions == "hessian":
             return self.eigenpairs(D).eigenvectors
@@ -117,7 +182,22 @@ class Experiment:
     # ---- landscapes and estimators ---------------------------------------------------------------------
     def loss_matrix(self, directions: Directions, D: int, *, sigma: float, samples: int, direction_seed: int = 0,
                     mc_seed: int = 0) -> torch.Tensor:
-        """[T, N] per-batch losses ℓ_i(w* + Pθ_t) for T = ``samples`` Gaussian θ drawn with ``mc_seed`` (cached)."""
+        """The per-batch losses ℓ_i(w* + Pθ_t), θ_t ~ N(0, σ² I_D) for t = 1..T (cached).
+
+        Args:
+            directions: ``"hessian"`` or ``"random"`` (see :meth:`basis`).
+            D: the subspace dimension.
+            sigma: σ (not validated here; > 0 is the intended use).
+            samples: T, the number of θ.
+            direction_seed: seeds random directions.
+            mc_seed: seeds the draw of θ (:func:`~hesslib.estimators.gaussian_thetas`).
+
+        Returns:
+            A [T, N] CPU tensor in the objective's dtype.
+
+        Raises:
+            ValueError: if ``directions`` is unknown or ``D`` is out of range.
+        """
         key = dict(self._subspace_key(directions, D, direction_seed), sigma=sigma, samples=samples, mc_seed=mc_seed)
         return self._cached("losses", key, lambda: subspace_losses(
             self.objective, self.basis(directions, D, direction_seed=direction_seed),
@@ -125,29 +205,87 @@ class Experiment:
 
     def monte_carlo(self, directions: Directions, D: int, *, sigma: float, samples: int, direction_seed: int = 0,
                     mc_seed: int = 0) -> DeltaCurve:
-        """Monte Carlo Δ_k (:func:`~hesslib.estimators.delta_from_losses`) from the cached loss matrix."""
+        """Monte Carlo Δ_k = E_θ[(L_{k+1}(w* + Pθ) − L_k(w* + Pθ))²] from the cached loss matrix.
+
+        Args:
+            directions: ``"hessian"`` or ``"random"`` (see :meth:`basis`).
+            D: the subspace dimension.
+            sigma: σ of θ ~ N(0, σ² I_D).
+            samples: T, the number of θ (≥ 2 for a standard error).
+            direction_seed: seeds random directions.
+            mc_seed: seeds the draw of θ.
+
+        Returns:
+            A :class:`~hesslib.estimators.DeltaCurve` (:func:`~hesslib.estimators.delta_from_losses`), k = 1..N−1,
+            with ``meta`` holding the directions, D, direction_seed, samples and seed.
+
+        Raises:
+            ValueError: if ``directions`` is unknown or ``D`` is out of range.
+        """
         losses = self.loss_matrix(directions, D, sigma=sigma, samples=samples, direction_seed=direction_seed,
                                   mc_seed=mc_seed)
         return delta_from_losses(losses, sigma=sigma, meta=dict(
             self._subspace_key(directions, D, direction_seed), seed=mc_seed))
 
     def curvature(self, directions: Directions, D: int, *, direction_seed: int = 0) -> ProjectedCurvature:
-        """Per-batch ℓ_i(w*), Pᵀ∇ℓ_i(w*), Pᵀ∇²ℓ_i(w*)P (:func:`~hesslib.hessian.projected_hessians`, cached)."""
+        """Per-batch ℓ_i(w*), Pᵀ∇ℓ_i(w*), Pᵀ∇²ℓ_i(w*)P (:func:`~hesslib.hessian.projected_hessians`, cached).
+
+        Args:
+            directions: ``"hessian"`` or ``"random"`` (see :meth:`basis`).
+            D: the subspace dimension.
+            direction_seed: seeds random directions.
+
+        Returns:
+            A :class:`~hesslib.hessian.ProjectedCurvature` with losses [N], grads [N, D], hessians [N, D, D].
+
+        Raises:
+            ValueError: if ``directions`` is unknown or ``D`` is out of range.
+        """
         return self._cached("curvature", self._subspace_key(directions, D, direction_seed),
                             lambda: projected_hessians(self.objective,
                                                        self.basis(directions, D, direction_seed=direction_seed)))
 
     def theory(self, directions: Directions, D: int, *, sigma: float, formula: Formula = "second_order",
                direction_seed: int = 0) -> DeltaCurve:
-        """Closed-form Δ_k (:func:`~hesslib.estimators.delta_from_curvature`) from the cached curvature."""
+        """Closed-form Δ_k (:func:`~hesslib.estimators.delta_from_curvature`) from the cached curvature.
+
+        Args:
+            directions: ``"hessian"`` or ``"random"`` (see :meth:`basis`).
+            D: the subspace dimension.
+            sigma: σ of θ ~ N(0, σ² I_D), a finite number > 0.
+            formula: ``"second_order"`` or ``"paper"``.
+            direction_seed: seeds random directions.
+
+        Returns:
+            A :class:`~hesslib.estimators.DeltaCurve`, k = 1..N−1, with zero ``stderr``.
+
+        Raises:
+            ValueError: if ``directions`` or ``formula`` is unknown, ``D`` is out of range, ``sigma`` is not a
+                finite number > 0, or there are fewer than 2 batches.
+        """
         curve = delta_from_curvature(self.curvature(directions, D, direction_seed=direction_seed), sigma, formula)
         curve.meta.update(self._subspace_key(directions, D, direction_seed))
         return curve
 
     def surface(self, directions: Directions, *, extent: float, points: int,
                 direction_seed: int = 0) -> tuple[np.ndarray, torch.Tensor]:
-        """Per-batch losses on a points x points grid over [−extent, extent]² in the first two directions:
-        (axis [points], losses [points², N]) (cached); read them with :mod:`hesslib.surfaces`."""
+        """Per-batch losses ℓ_i(w* + Pθ) on a points x points grid of θ over [−extent, extent]² (cached).
+
+        P is the basis of D = 2 directions of the family; read the result with :mod:`hesslib.surfaces`.
+
+        Args:
+            directions: ``"hessian"`` or ``"random"`` (see :meth:`basis`).
+            extent: the half-width of the grid, > 0.
+            points: the points per axis, ≥ 2.
+            direction_seed: seeds random directions.
+
+        Returns:
+            (axis, losses): the float64 numpy axis [points] and a CPU tensor [points², N] in the objective's dtype,
+            rows in the order of :func:`~hesslib.subspace.grid_thetas`.
+
+        Raises:
+            ValueError: if ``points`` < 2, ``extent`` ≤ 0 or ``directions`` is unknown.
+        """
         axis, thetas = grid_thetas(extent, points)
         key = dict(self._subspace_key(directions, 2, direction_seed), extent=extent, points=points)
         losses = self._cached("surface", key, lambda: subspace_losses(

@@ -1,5 +1,4 @@
-"""The loss as a function of the flat parameter vector w, its Hessian-vector products, and per-batch
-projected curvature.
+"""The loss as a function of the flat parameter vector w, its Hessian-vector products, per-batch curvature.
 
 Batches: the data, in its fixed order, is cut into N = ceil(n / B) consecutive batches of B samples; a short
 last batch is kept (``drop_last=False``, its loss is the mean over its own samples) or dropped. Every batch
@@ -23,8 +22,13 @@ from .operators import check_block, check_vector
 
 
 class ParameterBlock(NamedTuple):
-    """One parameter tensor of the model inside the flat vector w: its ``name`` (as in ``named_parameters``),
-    its ``shape`` and the ``slice`` of w that holds it."""
+    """One parameter tensor of the model inside the flat vector w.
+
+    Attributes:
+        name: its name, as in ``model.named_parameters()``.
+        shape: its shape.
+        slice: the slice of w [M] that holds it, flattened.
+    """
 
     name: str
     shape: torch.Size
@@ -32,11 +36,47 @@ class ParameterBlock(NamedTuple):
 
 
 class Objective:
-    """L(w) over ``X, y`` split into batches of ``batch_size`` in their given order, around w* = the model's
-    current parameters (flattened into ``params``). The model is used in evaluation mode.
+    """The loss L(w) over ``X, y`` cut into batches in their given order, around w* = the model's parameters.
 
-    ``dtype`` (default: the model's) and ``device`` (default: the model's) set where and in what precision
-    everything is computed; ``chunk_size`` bounds how many samples one forward/backward pass sees.
+    ℓ_i(w) is the mean per-sample loss of batch i (i = 1..N), L_k(w) = (1/k) Σ_{i≤k} ℓ_i(w) and
+    L(w) = L_N(w), so the Hessian at w* is H = ∇²L(w*) = (1/N) Σ_i ∇²ℓ_i(w*): every batch counts equally, a
+    short last batch included. w* is the model's trainable parameters flattened into ``params`` [M]; the model
+    is switched to evaluation mode (``model.eval()``, in place) and evaluated functionally at any w.
+
+    Args:
+        model: the network f(x; w); its trainable parameters are w* (M of them).
+        X: inputs [n, ...] (e.g. [n, C, H, W]), n ≥ 1; cast to ``dtype`` on ``device``.
+        y: targets [n]: int64 class labels, or float targets for ``"mse"`` (cast to ``dtype``).
+        batch_size: B, the samples per batch, 1 ≤ B ≤ n; N = ceil(n / B) batches (floor with ``drop_last``).
+        loss: ``"cross_entropy"`` or ``"mse"`` (see :func:`~hesslib.losses.per_sample_loss`).
+        drop_last: drop a short last batch instead of keeping it.
+        dtype: the floating type everything is computed in (default: the model's).
+        device: where everything is computed (default: the model's).
+        chunk_size: the most samples one forward/backward pass sees, ≥ 1 (bounds memory, not the result).
+
+    Attributes:
+        params: w* [M], in ``dtype`` on ``device``.
+        num_samples: n, the samples kept (fewer than ``len(X)`` with ``drop_last``).
+        num_batches: N.
+        parameter_blocks: one :class:`ParameterBlock` per trainable parameter tensor, in w's order.
+        batch_index: int64 [n], the 0-based batch of each sample.
+        batch_counts: [N], the number of samples in each batch, in ``dtype``.
+
+    Raises:
+        ValueError: if ``loss`` is unknown, ``X`` and ``y`` are empty or differ in length, ``batch_size`` is
+            outside [1, n] or ``chunk_size`` < 1.
+
+    Example:
+        >>> from hesslib import make_model
+        >>> model = make_model("linear", (1, 2, 2), num_classes=2, seed=0)
+        >>> X, y = torch.randn(5, 1, 2, 2), torch.tensor([0, 1, 1, 0, 1])
+        >>> obj = Objective(model, X, y, batch_size=2)
+        >>> obj.num_params, obj.num_batches, obj.batch_counts.tolist()
+        (10, 3, [2.0, 2.0, 1.0])
+        >>> bool(torch.isclose(obj.value(), obj.batch_losses().mean()))
+        True
+        >>> obj.hvp(torch.eye(10)[:, :3]).shape
+        torch.Size([10, 3])
     """
 
     def __init__(
@@ -92,23 +132,42 @@ class Objective:
         return self.params.numel()
 
     def unflatten(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Flat vector [M] -> the model's named parameter tensors (views), one per :attr:`parameter_blocks`."""
+        """Split a flat vector w [M] into the model's named parameter tensors (views), one per parameter block."""
         return {block.name: w[block.slice].view(block.shape) for block in self.parameter_blocks}
 
     def per_sample_losses(self, w: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """ℓ(f(x; w), y) for each sample of ``X``, shape [len(X)]."""
+        """The per-sample losses ℓ(f(x; w), y) for each sample of ``X``.
+
+        Args:
+            w: parameters [M] in ``dtype`` on ``device`` (not checked).
+            X: inputs [m, ...] on ``device``, in ``dtype``.
+            y: targets [m] on ``device``.
+
+        Returns:
+            [m], in ``dtype``.
+        """
         out = functional_call(self.model, ({**self.unflatten(w), **self._buffers},), (X,))
         return per_sample_loss(out, y, self.loss)
 
     def chunks(self) -> list[slice]:
-        """Slices of at most ``chunk_size`` samples covering the data."""
+        """Consecutive slices of at most ``chunk_size`` samples that cover the n samples."""
         n, c = self.num_samples, self.chunk_size
         return [slice(s, min(s + c, n)) for s in range(0, n, c)]
 
     # ---- losses ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def batch_losses(self, w: torch.Tensor | None = None) -> torch.Tensor:
-        """ℓ_i(w) for i = 1..N, shape [N] (w defaults to w*)."""
+        """The batch losses ℓ_i(w) for i = 1..N.
+
+        Args:
+            w: parameters [M] in ``dtype`` on ``device``; None means w*.
+
+        Returns:
+            [N] in ``dtype``; index i − 1 holds ℓ_i(w).
+
+        Raises:
+            ValueError: if ``w`` does not have shape [M], ``dtype`` and ``device``.
+        """
         w = self.params if w is None else check_vector(self, w, "w")
         sums = torch.zeros(self.num_batches, dtype=self.dtype, device=self.device)
         for part in self.chunks():
@@ -116,14 +175,23 @@ class Objective:
         return sums / self.batch_counts
 
     def value(self, w: torch.Tensor | None = None) -> torch.Tensor:
-        """L(w) = L_N(w), the mean of the batch losses."""
+        """The full-data loss L(w) = L_N(w) = (1/N) Σ_i ℓ_i(w), a scalar tensor (w defaults to w*).
+
+        Raises:
+            ValueError: if ``w`` does not have shape [M], ``dtype`` and ``device``.
+        """
         return self.batch_losses(w).mean()
 
     def _chunk_loss(self, w: torch.Tensor, part: slice) -> torch.Tensor:
+        """The share of L(w) contributed by the samples in ``part`` (weighted per-sample losses, summed)."""
         return (self.sample_weights[part] * self.per_sample_losses(w, self.X[part], self.y[part])).sum()
 
     def gradient(self, w: torch.Tensor | None = None) -> torch.Tensor:
-        """∇L(w), shape [M]."""
+        """The gradient ∇L(w), shape [M] in ``dtype`` (w defaults to w*).
+
+        Raises:
+            ValueError: if ``w`` does not have shape [M], ``dtype`` and ``device``.
+        """
         w = self.params if w is None else check_vector(self, w, "w")
         total = torch.zeros_like(w)
         for part in self.chunks():
@@ -132,8 +200,19 @@ class Objective:
 
     # ---- Hessian-vector products -----------------------------------------------------------------------
     def hvp(self, V: torch.Tensor) -> torch.Tensor:
-        """H V with H = ∇²L(w*), for V of shape [M] or [M, r]; the r columns go through ONE vmapped
-        forward-over-reverse product (``jvp`` of ``grad``) per data chunk."""
+        """The Hessian-vector products H V with H = ∇²L(w*).
+
+        The r columns go through ONE vmapped forward-over-reverse product (``jvp`` of ``grad``) per data chunk.
+
+        Args:
+            V: [M, r] with r ≥ 1, or [M]; in ``dtype`` on ``device``.
+
+        Returns:
+            H V, of V's shape.
+
+        Raises:
+            ValueError: if ``V`` has the wrong shape, dtype or device.
+        """
         single = V.dim() == 1
         V = check_block(self, V.unsqueeze(1) if single else V, "V")
         w = self.params
@@ -149,8 +228,13 @@ class Objective:
 
 @dataclass
 class ProjectedCurvature:
-    """Per-batch terms at w*, in the subspace spanned by P's D columns:
-    ``losses`` ℓ_i(w*) [N], ``grads`` Pᵀ∇ℓ_i(w*) [N, D], ``hessians`` Pᵀ∇²ℓ_i(w*)P [N, D, D]."""
+    """Per-batch terms at w*, in the subspace spanned by P's D columns (made by :func:`projected_hessians`).
+
+    Attributes:
+        losses: ℓ_i(w*) for i = 1..N, [N].
+        grads: Pᵀ∇ℓ_i(w*), [N, D].
+        hessians: Pᵀ∇²ℓ_i(w*)P, [N, D, D], symmetric.
+    """
 
     losses: torch.Tensor
     grads: torch.Tensor
@@ -158,11 +242,33 @@ class ProjectedCurvature:
 
 
 def projected_hessians(objective: Objective, P: torch.Tensor, *, memory_mb: float = 512.0) -> ProjectedCurvature:
-    """ℓ_i(w*), Pᵀ∇ℓ_i(w*) and Pᵀ∇²ℓ_i(w*)P for every batch i in ONE pass over the data.
+    """The per-batch terms ℓ_i(w*), Pᵀ∇ℓ_i(w*) and Pᵀ∇²ℓ_i(w*)P for every batch i in ONE pass over the data.
 
     Each batch's gradient and its D Hessian-vector products come from one ``jvp`` of ``grad`` (the jvp's primal
     output is the gradient), vmapped over the D directions and over a chunk of batches, then projected onto
-    P. Chunks hold at most ``memory_mb`` of per-batch products [chunk, D, M].
+    P. Their prefix means are L_k, Pᵀ∇L_k and PᵀH_kP with H_k = (1/k) Σ_{i≤k} ∇²ℓ_i(w*), for every k at once
+    (see :func:`~hesslib.estimators.delta_from_curvature`).
+
+    Args:
+        objective: the loss and its N batches, around w*.
+        P: the subspace basis [M, D], D ≥ 1, in the objective's dtype on its device (orthonormal columns are
+            the intended use but are not required).
+        memory_mb: the approximate budget in MiB for one chunk of per-batch products [chunk, D, M], > 0.
+
+    Returns:
+        A :class:`ProjectedCurvature` with ``losses`` [N], ``grads`` [N, D] and ``hessians`` [N, D, D]
+        (symmetrised), in the objective's dtype on its device.
+
+    Raises:
+        ValueError: if ``P`` does not have shape [M, D] with D ≥ 1, the objective's dtype and device.
+
+    Example:
+        >>> from hesslib import make_model
+        >>> model = make_model("linear", (1, 2, 2), num_classes=2, seed=0)
+        >>> obj = Objective(model, torch.randn(6, 1, 2, 2), torch.tensor([0, 1, 1, 0, 1, 0]), batch_size=2)
+        >>> c = projected_hessians(obj, torch.eye(10)[:, :3])
+        >>> c.losses.shape, c.grads.shape, c.hessians.shape
+        (torch.Size([3]), torch.Size([3, 3]), torch.Size([3, 3, 3]))
     """
     P = check_block(objective, P, "P")
     obj, D, B = objective, P.shape[1], objective.batch_size
@@ -201,11 +307,25 @@ def projected_hessians(objective: Objective, P: torch.Tensor, *, memory_mb: floa
 
 
 def curvature_spread(curvature: ProjectedCurvature) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard deviation over the N batches of the per-batch curvature p_dᵀ∇²ℓ_i(w*)p_d along each
-    direction p_d (the diagonal of the projected per-batch Hessians), each [D], in float64.
+    """Mean and standard deviation over the N batches of the per-batch curvature p_dᵀ∇²ℓ_i(w*)p_d.
 
-    The mean is the full-data curvature p_dᵀH p_d (H = mean of the batch Hessians). The spread is what makes
-    the landscape move with k along p_d: H_{k+1} − H_k = (∇²ℓ_{k+1} − H_k)/(k+1).
+    p_d is the d-th column of P; the values are the diagonal of the projected per-batch Hessians. The mean is
+    the full-data curvature p_dᵀH p_d (H = mean of the batch Hessians). The spread is what makes the landscape
+    move with k along p_d: H_{k+1} − H_k = (∇²ℓ_{k+1} − H_k)/(k+1).
+
+    Args:
+        curvature: per-batch terms from :func:`projected_hessians`, with N ≥ 2 batches.
+
+    Returns:
+        (mean, std), each a float64 CPU tensor [D]; the std uses Bessel's correction (divides by N − 1).
+
+    Raises:
+        ValueError: if there are fewer than 2 batches.
+
+    Example:
+        >>> c = ProjectedCurvature(torch.zeros(3), torch.zeros(3, 1), torch.tensor([[[1.0]], [[2.0]], [[3.0]]]))
+        >>> [t.tolist() for t in curvature_spread(c)]
+        [[2.0], [1.0]]
     """
     diag = curvature.hessians.double().cpu().diagonal(dim1=1, dim2=2)  # [N, D]
     if diag.shape[0] < 2:

@@ -12,18 +12,34 @@ LOSSES: tuple[str, ...] = get_args(Loss)
 
 
 def check_loss(loss: str) -> str:
-    """``loss`` if it is one of :data:`LOSSES`, else a ValueError naming the allowed values."""
+    """Return ``loss`` if it is one of :data:`LOSSES`.
+
+    Raises:
+        ValueError: naming the allowed values otherwise.
+    """
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     return loss
 
 
 def per_sample_loss(out: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
-    """Per-sample loss, shape [n]: cross-entropy on integer labels, or squared error averaged over outputs.
+    """Per-sample loss ℓ(f(x), y): cross-entropy on integer labels, or squared error averaged over outputs.
 
     For ``"mse"`` integer labels are one-hot encoded; float targets must match ``out``'s shape. The plain
     expression ``((out - y) ** 2).mean(-1)`` is used instead of ``F.mse_loss``, which fails under ``jvp`` of
     ``grad`` ("ZeroTensors are immutable").
+
+    Args:
+        out: model outputs (logits) [n, C].
+        y: int64 class labels [n] in [0, C), or (``"mse"`` only) float targets of ``out``'s size.
+        loss: ``"cross_entropy"`` or ``"mse"`` (any other value is treated as ``"mse"``; see :func:`check_loss`).
+
+    Returns:
+        The losses [n], in ``out``'s dtype.
+
+    Example:
+        >>> per_sample_loss(torch.zeros(2, 2), torch.tensor([0, 1]), "mse").tolist()
+        [0.5, 0.5]
     """
     if loss == "cross_entropy":
         return F.cross_entropy(out, y, reduction="none")

@@ -25,9 +25,29 @@ def make_model(
     channels: Sequence[int] = (8, 16),
     seed: int | None = None,
 ) -> nn.Module:
-    """Build model ``name`` for inputs of shape ``input_shape`` (C x H x W); ``seed`` fixes its initialisation.
+    """Build model ``name`` for inputs of shape ``input_shape`` (C x H x W).
 
-    ``hidden`` sets the MLP's hidden widths, ``channels`` the CNN's conv widths (ignored by other models).
+    Args:
+        name: ``"linear"``, ``"mlp"`` or ``"cnn"`` (see the module docstring).
+        input_shape: (C, H, W), each ≥ 1.
+        num_classes: the number of outputs (logits), ≥ 2.
+        hidden: the MLP's hidden widths, each ≥ 1 (ignored by other models).
+        channels: the CNN's conv widths, each ≥ 1 (ignored by other models).
+        seed: if given, ``torch.manual_seed(seed)`` is called first (this reseeds torch's global generator),
+            so the initialisation is reproducible.
+
+    Returns:
+        An ``nn.Sequential`` in float32 on the CPU mapping inputs [n, C, H, W] to logits [n, num_classes].
+
+    Raises:
+        ValueError: if ``name`` is unknown, ``input_shape`` is not three positive sizes, ``num_classes`` < 2, or a
+            width in ``hidden`` or ``channels`` is < 1.
+
+    Example:
+        >>> sum(p.numel() for p in make_model("mlp", (1, 28, 28), seed=0).parameters())
+        269322
+        >>> make_model("cnn", (1, 8, 8), num_classes=3, seed=0)(torch.zeros(2, 1, 8, 8)).shape
+        torch.Size([2, 3])
     """
     if name not in MODELS:
         raise ValueError(f"model name must be one of {MODELS}, got {name!r}")

@@ -28,12 +28,27 @@ class Operator(Protocol):
     device: torch.device
 
     def hvp(self, V: torch.Tensor) -> torch.Tensor:
-        """H V for V of shape [M, r] (returns [M, r]) or [M] (returns [M])."""
+        """The product H V.
+
+        Args:
+            V: a block of r vectors [M, r] or one vector [M], in the operator's ``dtype`` on its ``device``.
+
+        Returns:
+            H V, a tensor of V's shape, dtype and device.
+        """
         ...
 
 
 class DenseOperator:
     """An explicit symmetric matrix H [M, M] as an :class:`Operator` (for tests and small problems).
+
+    ``num_params``, ``dtype`` and ``device`` are those of ``H``; symmetry is assumed, not checked.
+
+    Args:
+        H: the matrix [M, M], any floating dtype and device.
+
+    Raises:
+        ValueError: if ``H`` is not a square 2-D matrix.
 
     Example:
         >>> op = DenseOperator(torch.diag(torch.tensor([3.0, 1.0])))
@@ -50,12 +65,16 @@ class DenseOperator:
         self.device = H.device
 
     def hvp(self, V: torch.Tensor) -> torch.Tensor:
-        """H V."""
+        """The product H V for V of shape [M, r] (returns [M, r]) or [M] (returns [M])."""
         return self.H @ V
 
 
 def check_operator(operator: object, name: str = "operator") -> Operator:
-    """``operator`` itself if it has the :class:`Operator` members, else a TypeError naming what is missing."""
+    """Return ``operator`` itself if it has the :class:`Operator` members.
+
+    Raises:
+        TypeError: naming the missing members (``num_params``, ``dtype``, ``device``, ``hvp``) after ``name``.
+    """
     if not isinstance(operator, Operator):
         missing = [m for m in ("num_params", "dtype", "device", "hvp") if not hasattr(operator, m)]
         raise TypeError(f"{name} must provide num_params, dtype, device and hvp(V) (the hesslib.Operator "
@@ -64,15 +83,22 @@ def check_operator(operator: object, name: str = "operator") -> Operator:
 
 
 def check_vector(operator: Operator, w: torch.Tensor, name: str) -> torch.Tensor:
-    """``w`` if it has shape [M] and the operator's dtype and device, else a ValueError naming ``name``."""
+    """Return ``w`` if it has shape [M] and the operator's dtype and device.
+
+    Raises:
+        ValueError: naming ``name`` if the shape, dtype or device differs.
+    """
     if w.shape != (operator.num_params,):
         raise ValueError(f"{name} must have shape [{operator.num_params}] (M = num_params), got {list(w.shape)}")
     return _check_dtype_device(operator, w, name)
 
 
 def check_block(operator: Operator, V: torch.Tensor, name: str) -> torch.Tensor:
-    """``V`` if it has shape [M, r] with r ≥ 1 and the operator's dtype and device, else a ValueError naming
-    ``name`` (e.g. the subspace basis P)."""
+    """Return ``V`` if it has shape [M, r] with r ≥ 1 and the operator's dtype and device.
+
+    Raises:
+        ValueError: naming ``name`` (e.g. the subspace basis P) if the shape, dtype or device differs.
+    """
     if V.dim() != 2 or V.shape[0] != operator.num_params or V.shape[1] < 1:
         raise ValueError(f"{name} must have shape [{operator.num_params}, r] with r >= 1 (M = num_params), "
                          f"got {list(V.shape)}")
@@ -85,6 +111,7 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
 
 
 def _check_dtype_device(operator: Operator, t: torch.Tensor, name: str) -> torch.Tensor:
+    """``t`` if it has the operator's dtype and device, else a ValueError naming ``name``."""
     if not _same_device(t.device, torch.device(operator.device)) or t.dtype != operator.dtype:
         raise ValueError(f"{name} must be {operator.dtype} on {operator.device} like the operator, "
                          f"got {t.dtype} on {t.device}")

@@ -32,6 +32,7 @@ def notebooks(root: Path, only: str | None = None) -> list[Path]:
 
 
 def git_commit(root: Path) -> str:
+    """The HEAD commit of ``root``, with ``-dirty`` when hesslib/ or notebooks/ has changes; "unknown" without git."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "hesslib", "notebooks"], cwd=root,
@@ -42,6 +43,7 @@ def git_commit(root: Path) -> str:
 
 
 def sha256(path: Path) -> str:
+    """The hex SHA-256 of a file's bytes."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -83,6 +85,7 @@ def run_notebook(nb: Path, out_dir: Path, params: dict, *, progress: bool = True
 
 
 def render_html(executed: Path, out_dir: Path) -> Path:
+    """Render an executed notebook to ``out_dir/html/<name>.html`` (written atomically); returns its path."""
     from nbconvert import HTMLExporter
 
     body, _ = HTMLExporter().from_filename(str(executed))
@@ -108,6 +111,7 @@ def write_manifest(path: Path, entries: list[dict], commit: str) -> None:
 
 
 def parse_params(pairs: list[list[str]], params_file: str | None) -> dict:
+    """Notebook parameters from a YAML file, then ``-p NAME VALUE`` pairs (each VALUE parsed as YAML) on top."""
     params: dict = {}
     if params_file:
         params.update(yaml.safe_load(Path(params_file).read_text()) or {})
@@ -117,6 +121,7 @@ def parse_params(pairs: list[list[str]], params_file: str | None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``python -m hesslib.paper`` command line (see the module docstring); returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--build", default="build", help="folder for executed notebooks and HTML")
     parser.add_argument("--params-file", help="YAML file of notebook parameters")

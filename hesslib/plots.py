@@ -33,10 +33,13 @@ def set_style() -> None:
 
 
 def save_figure(fig: plt.Figure, name: str, folder: str | Path = "figures") -> list[Path]:
-    """Write ``folder/name.pdf`` and ``folder/name.png`` with no timestamps or version stamps (byte-identical on
-    re-runs), and record them for the figure manifest when ``$HESSLIB_FIGURE_LOG`` is set. A relative ``folder``
-    is taken from the project root (:func:`~hesslib.cache.project_root`), so notebooks write to the same place
-    from JupyterLab and from ``make paper``."""
+    """Write ``folder/name.pdf`` and ``folder/name.png`` with no timestamps or version stamps.
+
+    The files are byte-identical on re-runs and are recorded for the figure manifest when
+    ``$HESSLIB_FIGURE_LOG`` is set. A relative ``folder`` is taken from the project root
+    (:func:`~hesslib.cache.project_root`), so notebooks write to the same place from JupyterLab and from
+    ``make paper``. Returns the two paths.
+    """
     folder = project_root() / folder
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -97,8 +100,11 @@ def plot_power_law(ax: plt.Axes, slope: float, C: float, k_min: float, k_max: fl
 def plot_delta_smoothed(ax: plt.Axes, curves: Sequence[DeltaCurve], *, window: int = 5,
                         labels: Sequence[str] | None = None, colors: Sequence[str] | None = None,
                         linestyles: Sequence[str] | None = None, raw_alpha: float = 0.3) -> None:
-    """Each Δ_k curve raw (thin, faint; with a ±2 s.e. band when it has one) and its centred ``window``-point
-    moving average with edge padding (bold, in ``linestyles``, solid by default), on log-log axes."""
+    """Each Δ_k curve raw and smoothed by a centred ``window``-point moving average, on log-log axes.
+
+    The raw curve is thin and faint (with a ±2 s.e. band when it has one); the moving average (edge padding) is
+    bold, in ``linestyles`` (solid by default).
+    """
     from .estimators import moving_average
 
     for i, curve in enumerate(curves):
@@ -118,8 +124,10 @@ def plot_delta_smoothed(ax: plt.Axes, curves: Sequence[DeltaCurve], *, window: i
 
 def plot_ratio(ax: plt.Axes, ratios: Sequence[np.ndarray], k: np.ndarray, *, labels: Sequence[str],
                colors: Sequence[str] | None = None, window: int = 5, ylabel: str = "estimate / Monte Carlo") -> None:
-    """Ratios (e.g. :func:`~hesslib.estimators.delta_ratio`) against k: raw faint, ``window``-point moving
-    average solid, log-log axes and a reference line at 1."""
+    """Ratios (e.g. :func:`~hesslib.estimators.delta_ratio`) against k on log-log axes, with a line at 1.
+
+    Each ratio is drawn raw (faint) and as a ``window``-point moving average (solid).
+    """
     from .estimators import moving_average
 
     for i, ratio in enumerate(ratios):
@@ -136,8 +144,10 @@ def plot_ratio(ax: plt.Axes, ratios: Sequence[np.ndarray], k: np.ndarray, *, lab
 def plot_delta_vs_loss(ax: plt.Axes, curves: Sequence[DeltaCurve], loss: np.ndarray, *, k_min: int,
                        fits: Sequence | None = None, labels: Sequence[str] | None = None,
                        colors: Sequence[str] | None = None) -> None:
-    """Δ_k against L_k(w*) (``loss``, aligned with the curves' k) for k ≥ ``k_min``, with the fitted lines
-    (:class:`~hesslib.estimators.LinearFit`, one per curve) when given; linear axes."""
+    """Δ_k against L_k(w*) (``loss``, aligned with the curves' k) for k ≥ ``k_min``, on linear axes.
+
+    The fitted lines (:class:`~hesslib.estimators.LinearFit`, one per curve) are drawn when given.
+    """
     for i, curve in enumerate(curves):
         color = colors[i] if colors is not None else f"C{i}"
         label = labels[i] if labels is not None else curve.label
@@ -156,9 +166,11 @@ def plot_delta_vs_loss(ax: plt.Axes, curves: Sequence[DeltaCurve], loss: np.ndar
 def plot_sample_size_vs_tolerance(ax: plt.Axes, curves: Sequence[DeltaCurve], tolerances: np.ndarray, *,
                                   labels: Sequence[str] | None = None, colors: Sequence[str] | None = None,
                                   linestyles: Sequence[str] | None = None) -> None:
-    """K(tol) (:func:`~hesslib.estimators.sample_size_curve`) against the tolerance on a log x axis, one step
-    line per curve; curves with a standard error get a band between K of Δ − 2 s.e. and of Δ + 2 s.e.
-    Tolerances where Δ never settles are left blank."""
+    """K(tol) (:func:`~hesslib.estimators.sample_size_curve`) against the tolerance on a log x axis.
+
+    One step line per curve; curves with a standard error get a band between K of Δ − 2 s.e. and of
+    Δ + 2 s.e. Tolerances where Δ never settles are left blank.
+    """
     from .estimators import sample_size_curve
 
     tolerances = np.asarray(tolerances, dtype=float)
@@ -179,8 +191,11 @@ def plot_sample_size_vs_tolerance(ax: plt.Axes, curves: Sequence[DeltaCurve], to
 
 def plot_tolerance_marks(ax: plt.Axes, curve: DeltaCurve, tolerances: Sequence[float], *,
                          colors: Sequence[str] | None = None, envelope: bool = True) -> None:
-    """On a Δ_k plot: a horizontal line at each tolerance, a marker at (K, Δ_K) where the curve settles below
-    it for good, and (``envelope``) the running maximum from the right max_{k' ≥ k} Δ_{k'} that decides K."""
+    """Mark each tolerance and its K on a Δ_k plot.
+
+    Draws a horizontal line at each tolerance, a marker at (K, Δ_K) where the curve settles below it for good,
+    and (``envelope``) the running maximum from the right max_{k' ≥ k} Δ_{k'} that decides K.
+    """
     from .estimators import format_K, settling_envelope, sufficient_sample_size
 
     if envelope:
@@ -218,8 +233,10 @@ def plot_table(ax: plt.Axes, header: Sequence[str], cells: Sequence[Sequence[str
 
 def plot_online_history(ax: plt.Axes, ks: Sequence[int], deltas: Sequence[float], *, tol: float,
                         K: int | None, patience: int, color: str = "C3", label: str = "online rule") -> None:
-    """The online rule's Δ_k estimates (markers joined by a line) on a log y axis, its tolerance, and K (or a
-    note that it never settled) with the ``patience`` estimates that confirmed it shaded."""
+    """The online rule's Δ_k estimates (markers joined by a line) on a log y axis, with its tolerance.
+
+    When K is given, the ``patience`` estimates that confirmed it are shaded.
+    """
     ax.plot(ks, deltas, marker="o", ms=4, lw=1.2, color=color, label=label)
     ax.axhline(tol, color="black", lw=1.0, ls=":", label=f"tolerance Δ = {tol:g}")
     if K is not None:
@@ -233,8 +250,10 @@ def plot_online_history(ax: plt.Axes, ks: Sequence[int], deltas: Sequence[float]
 # ---- notebooks 00-03: sample images, rows of 3D surfaces -----------------------------------------------------
 def plot_image_grid(fig: plt.Figure, images, labels, *, ncols: int = 8, title: str | None = None,
                     cmap: str = "gray") -> None:
-    """The first images (``images`` [n, 1, H, W] or [n, H, W]) in a grid of ``ncols`` columns on ``fig``, each
-    titled with its label, no ticks; a suptitle when ``title`` is given."""
+    """The images (``images`` [n, 1, H, W] or [n, H, W]) in a grid of ``ncols`` columns on ``fig``.
+
+    Each is titled with its label, with no ticks; a suptitle is added when ``title`` is given.
+    """
     images = np.asarray(images)
     images = images[:, 0] if images.ndim == 4 else images
     labels = np.asarray(labels)
@@ -250,11 +269,13 @@ def plot_image_grid(fig: plt.Figure, images, labels, *, ncols: int = 8, title: s
 
 
 def plot_surface_row(fig: plt.Figure, axis: np.ndarray, panels: Sequence[dict]) -> list:
-    """One row of 3D surfaces over the (θ_1, θ_2) grid ``axis``, each with a colour bar on its left. Each panel is
-    a dict with ``Z`` [points, points], ``title``, ``zlabel`` (also the colour bar's label) and optional ``limits``
-    (vmin, vmax; default Z's own range), which fix both the z axis and the colour scale (pass the same limits to
-    compare panels). Tick labels are plain numbers (no offset text, which collides with labels on 3D axes).
-    Returns the 3D axes."""
+    """One row of 3D surfaces over the (θ_1, θ_2) grid ``axis``, each with a colour bar on its left.
+
+    Each panel is a dict with ``Z`` [points, points], ``title``, ``zlabel`` (also the colour bar's label) and
+    optional ``limits`` (vmin, vmax; default Z's own range), which fix both the z axis and the colour scale
+    (pass the same limits to compare panels). Tick labels are plain numbers (no offset text, which collides
+    with labels on 3D axes). Returns the 3D axes.
+    """
     from matplotlib.ticker import FuncFormatter
 
     fmt = FuncFormatter(lambda value, _: f"{value:.3g}")
@@ -274,8 +295,11 @@ def plot_surface_row(fig: plt.Figure, axis: np.ndarray, panels: Sequence[dict]) 
 
 def plot_signed_log(ax: plt.Axes, values, *, label: str, color: str | None = None, marker: str = "o",
                     x=None) -> None:
-    """|values| against ``x`` (default 1, 2, ...) on a log y axis, joined by a thin line; positive values as
-    filled markers, negative ones as open markers (so a sign change stays visible on a log scale)."""
+    """|values| against ``x`` (default 1, 2, ...) on a log y axis, joined by a thin line.
+
+    Positive values are filled markers, negative ones open markers, so a sign change stays visible on a log
+    scale.
+    """
     values = np.asarray(values, dtype=float)
     x = np.arange(1, len(values) + 1) if x is None else np.asarray(x)
     (line,) = ax.plot(x, np.abs(values), color=color, lw=0.8, alpha=0.6)
@@ -289,8 +313,10 @@ def plot_signed_log(ax: plt.Axes, values, *, label: str, color: str | None = Non
 
 
 def label_log_ticks(ax, values, *, axis: str = "x", fmt: str = "{:g}") -> None:
-    """Major ticks of a log axis exactly at ``values`` (e.g. the measured sizes), labelled with ``fmt``, and no
-    minor tick labels, instead of matplotlib's crowded defaults. Works on secondary axes too."""
+    """Major ticks of a log axis exactly at ``values`` (e.g. the measured sizes), labelled with ``fmt``.
+
+    Minor tick labels are removed, instead of matplotlib's crowded defaults. Works on secondary axes too.
+    """
     from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter
 
     target = ax.xaxis if axis == "x" else ax.yaxis

@@ -34,11 +34,27 @@ from .training import train
 
 @dataclass
 class SampleSizeRow:
-    """One model on one dataset: K (in batches) and L_K(w*) for each tolerance, read from a Monte Carlo Δ_k curve
-    along the top-D Hessian eigenvectors, and the wall time of each step (``seconds``: "train", "eigen",
-    "monte_carlo") as measured when the row was computed from scratch with ``threads`` CPU threads.
+    """One model on one dataset: K and L_K(w*) for each tolerance, and what the measurement cost.
 
-    ``K_range`` brackets each K by Monte Carlo noise: K of Δ − 2 s.e. and of Δ + 2 s.e. (NaN: never settles).
+    K (in batches) is read from a Monte Carlo Δ_k curve along the top-D Hessian eigenvectors.
+
+    Attributes:
+        dataset: the dataset's name.
+        model: the model's name.
+        num_params: M.
+        num_batches: N, the analysis batches.
+        tolerances: the tolerances Δ.
+        K: K for each tolerance (None: never settles).
+        K_range: for each tolerance, K of Δ − 2 s.e. and of Δ + 2 s.e. (NaN: never settles), bracketing K by
+            Monte Carlo noise.
+        loss_at_K: L_K(w*) = (1/K) Σ_{i≤K} ℓ_i(w*) for each tolerance (None without K).
+        train_accuracy: the training accuracy of w*.
+        curve: the Monte Carlo Δ_k curve.
+        seconds: the wall time of each step ("train", "eigen", "monte_carlo") as measured when the row was
+            computed from scratch.
+        threads: the CPU threads torch used then.
+        config: the measurement's configuration (its cache key).
+        computed_now: False when the measurement was read from the cache.
     """
 
     dataset: str
@@ -92,6 +108,35 @@ def sample_size_row(
     for every tolerance. The measurement (curve, per-batch losses at w*, step times) is stored under
     ``cache_dir`` keyed by its configuration, so a re-run reports the times recorded when it was computed;
     ``cache_dir=None`` always recomputes. Tolerances are not part of the key: K is read afterwards.
+
+    Args:
+        dataset: a name accepted by :func:`~hesslib.data.load_dataset`.
+        model: ``"linear"``, ``"mlp"`` or ``"cnn"``.
+        tolerances: the tolerances Δ, a non-empty sequence of numbers > 0.
+        limit: use the first ``limit`` samples (None: all).
+        root: the data folder.
+        hidden: the MLP's hidden widths.
+        channels: the CNN's conv widths.
+        epochs: training epochs.
+        lr: Adam's learning rate.
+        train_batch_size: the training mini-batch size.
+        seed: the training seed, also the seed of θ.
+        batch_size: B, the analysis batch size.
+        D: the subspace dimension.
+        sigma: σ of θ ~ N(0, σ² I_D).
+        samples: T, the number of θ, an int ≥ 2.
+        eig_tol: the eigen-solver's relative residual.
+        device: where to compute.
+        cache_dir: the cache folder; None always recomputes.
+        progress: show progress bars.
+
+    Returns:
+        A :class:`SampleSizeRow`.
+
+    Raises:
+        ValueError: if ``tolerances`` is empty or holds a value that is not a number > 0, ``samples`` is not
+            an int ≥ 2, and as :func:`~hesslib.training.train` and :func:`~hesslib.eigen.top_eigenpairs`.
+        FileNotFoundError: if the dataset's files are missing.
     """
     if not tolerances or any(not (isinstance(t, int | float) and t > 0) for t in tolerances):
         raise ValueError(f"tolerances must be a non-empty list of numbers > 0, got {tolerances!r}")
@@ -145,8 +190,24 @@ def sample_size_table(
     root: str | Path = "data",
     **kwargs,
 ) -> tuple[list[SampleSizeRow], list[str]]:
-    """:func:`sample_size_row` for every (dataset, limit) x model; returns (rows, skipped), where ``skipped``
-    says why a dataset was left out (its files are missing: ``load_dataset`` raised FileNotFoundError)."""
+    """The paper's Table 1: :func:`sample_size_row` for every (dataset, limit) x model.
+
+    A dataset whose files are missing (``load_dataset`` raises FileNotFoundError) is skipped, not an error.
+
+    Args:
+        datasets: (name, limit) pairs; limit None uses all samples.
+        models: model names, e.g. ``("linear", "mlp")``.
+        tolerances: the tolerances Δ, numbers > 0.
+        root: the data folder.
+        **kwargs: passed to :func:`sample_size_row` (epochs, D, sigma, samples, cache_dir, ...).
+
+    Returns:
+        (rows, skipped): one :class:`SampleSizeRow` per dataset and model, in order, and one line per skipped
+        dataset saying why.
+
+    Raises:
+        ValueError: as :func:`sample_size_row` (e.g. an unknown dataset name or a tolerance ≤ 0).
+    """
     rows: list[SampleSizeRow] = []
     skipped: list[str] = []
     for name, limit in datasets:
@@ -165,8 +226,17 @@ TABLE_HEADER = ("dataset", "model", "params", "N", "Δ (tol)", "K", "K (Δ ± 2 
 
 
 def table_cells(rows: Sequence[SampleSizeRow]) -> tuple[tuple[str, ...], list[list[str]]]:
-    """(header, cells) of the table, one line per row and tolerance: K (:func:`~hesslib.estimators.format_K`)
-    and K·B, the ±2 s.e. bracket of K, L_K(w*) and the row's total time."""
+    """The table's header and cells, one line per row and tolerance.
+
+    Each line holds the dataset, model, M, N, the tolerance, K (:func:`~hesslib.estimators.format_K`), the ±2 s.e.
+    bracket of K, K·B samples, L_K(w*) and the row's total time.
+
+    Args:
+        rows: rows from :func:`sample_size_table` or :func:`sample_size_row`.
+
+    Returns:
+        (header, cells): the column names (:data:`TABLE_HEADER`) and a list of lines, each a list of strings.
+    """
     cells = []
     for row in rows:
         batch_size = row.config.get("batch_size", 64)
@@ -180,7 +250,14 @@ def table_cells(rows: Sequence[SampleSizeRow]) -> tuple[tuple[str, ...], list[li
 
 
 def format_table(rows: Sequence[SampleSizeRow]) -> str:
-    """The table as GitHub-flavoured markdown, columns padded so it also reads as plain text."""
+    """The table of :func:`table_cells` as GitHub-flavoured markdown, columns padded so it reads as plain text.
+
+    Args:
+        rows: rows from :func:`sample_size_table` or :func:`sample_size_row`.
+
+    Returns:
+        The markdown table: a header line, a separator line and one line per row and tolerance.
+    """
     header, cells = table_cells(rows)
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
 

@@ -27,7 +27,41 @@ from .models import make_model
 
 
 class OnlineStopping:
-    """Online Δ-sufficient sample size: Δ_k < ``tol`` for ``patience`` consecutive k (in batches)."""
+    """Online Δ-sufficient sample size: stop once Δ_k < ``tol`` for ``patience`` consecutive k (in batches).
+
+    Each :meth:`update` estimates Δ_k for the newest pair (L_k, L_{k+1}) over the batches added so far, at the
+    model's current weights w, in the top-D subspace of H_{k+1}(w), with θ ~ N(0, σ² I_D).
+
+    Args:
+        D: the subspace dimension, an int ≥ 1 (capped at M − 1).
+        sigma: σ, > 0.
+        tol: the tolerance Δ, > 0.
+        patience: how many consecutive estimates must be below ``tol``, an int ≥ 1.
+        loss: ``"cross_entropy"`` or ``"mse"``.
+        formula: ``"second_order"`` or ``"paper"`` (see :func:`~hesslib.estimators.delta_from_curvature`).
+        eig_tol: the relative residual of the eigen-solve, > 0.
+
+    Attributes:
+        basis: P [M, D] at the latest update (None before the first).
+        ks: the k of each estimate so far.
+        deltas: the Δ_k estimates so far.
+        hvps: the Hessian-vector products spent on eigen-solves so far.
+
+    Raises:
+        ValueError: if ``loss`` or ``formula`` is unknown, ``sigma``, ``tol`` or ``eig_tol`` is not > 0, or ``D``
+            or ``patience`` is not an int ≥ 1.
+
+    Example:
+        >>> from hesslib import make_model
+        >>> model = make_model("linear", (1, 2, 2), num_classes=2, seed=0)
+        >>> monitor = OnlineStopping(D=2, sigma=0.1, tol=1.0, patience=2)
+        >>> for _ in range(3):
+        ...     monitor.add_batch(torch.randn(4, 1, 2, 2), torch.randint(0, 2, (4,)))
+        ...     if monitor.num_batches >= 2:
+        ...         delta = monitor.update(model)
+        >>> monitor.ks, monitor.settled, monitor.K
+        ([1, 2], True, 1)
+    """
 
     def __init__(
         self,
@@ -58,17 +92,40 @@ class OnlineStopping:
 
     @property
     def num_batches(self) -> int:
+        """The number of batches added so far, k + 1 after the latest batch."""
         return len(self._X)
 
     def add_batch(self, X: torch.Tensor, y: torch.Tensor) -> None:
-        """Append batch k+1 (all batches must have the same size, the batch size B)."""
+        """Append the next batch (batch k + 1 after k).
+
+        Args:
+            X: inputs [B, ...]; every batch must have the first batch's size B.
+            y: targets [B].
+
+        Raises:
+            ValueError: if ``X`` does not have B samples.
+        """
         if self._X and len(X) != len(self._X[0]):
             raise ValueError(f"every batch must have {len(self._X[0])} samples (the first batch's size), got {len(X)}")
         self._X.append(X)
         self._y.append(y)
 
     def update(self, model: nn.Module) -> float:
-        """Δ_k for the newest pair (k = batches − 1) at the model's current weights; needs ≥ 2 batches."""
+        """Estimate Δ_k for the newest pair (L_k, L_{k+1}), k = batches − 1, at the model's current weights.
+
+        Re-solves the top-D eigenvectors of H_{k+1} (block Lanczos, warm-started from the previous basis), then
+        evaluates the closed form from one pass of :func:`~hesslib.hessian.projected_hessians`; the estimate is
+        appended to :attr:`ks` and :attr:`deltas`. The model is switched to evaluation mode (in place).
+
+        Args:
+            model: the network being trained; its current parameters are the w of this estimate.
+
+        Returns:
+            Δ_k as a float.
+
+        Raises:
+            ValueError: if fewer than 2 batches have been added.
+        """
         if self.num_batches < 2:
             raise ValueError("update needs at least 2 batches: add_batch first")
         X, y = torch.cat(self._X), torch.cat(self._y)
@@ -91,21 +148,36 @@ class OnlineStopping:
 
     @property
     def history(self) -> DeltaCurve:
-        """The estimates so far as a curve: Δ_k at each k, each measured at the weights of its own update."""
+        """The estimates so far as a :class:`~hesslib.estimators.DeltaCurve` (zero ``stderr``).
+
+        Each Δ_k was measured at the weights of its own update.
+        """
         deltas = np.asarray(self.deltas, dtype=float)
         return DeltaCurve(np.asarray(self.ks, dtype=int), deltas, np.zeros_like(deltas),
                           f"online, {self.formula.replace('_', '-')}", float(self.sigma), {"D": self.D})
 
     @property
     def K(self) -> int | None:
-        """Once settled, K of :func:`~hesslib.estimators.sufficient_sample_size` on the history (the first k of
-        the final run of estimates below ``tol``); None before."""
+        """Once settled, K of :func:`~hesslib.estimators.sufficient_sample_size` on the history; None before.
+
+        K is the first k of the final run of estimates below ``tol``.
+        """
         return sufficient_sample_size(self.history, self.tol) if self.settled else None
 
 
 @dataclass
 class OnlineResult:
-    """What :func:`run_online_stopping` found: K (None if never settled), the model, the Δ_k history."""
+    """What :func:`run_online_stopping` found.
+
+    Attributes:
+        K: the sufficient sample size in batches, None if Δ_k never settled.
+        model: the trained model, in evaluation mode.
+        ks: the k of each estimate.
+        deltas: the Δ_k estimates.
+        loss_at_K: the mean cross-entropy over the first K batches at the final weights (None without K).
+        seconds: the wall time of the run.
+        hvps: the Hessian-vector products spent on eigen-solves.
+    """
 
     K: int | None
     model: nn.Module
@@ -134,8 +206,36 @@ def run_online_stopping(
     seed: int = 0,
     progress: bool = True,
 ) -> OnlineResult:
-    """Algorithm 1: reveal batches one at a time in the fixed order, take ``steps_per_batch`` Adam steps on
-    mini-batches drawn from the batches seen so far, and stop once Δ_k has settled below ``tol``."""
+    """The paper's Algorithm 1: train while revealing batches, and stop once Δ_k has settled below ``tol``.
+
+    Batches of ``batch_size`` are revealed one at a time in the data's fixed order; after each, the model takes
+    ``steps_per_batch`` Adam steps on mini-batches drawn (with replacement, seeded) from the batches seen so
+    far, and :class:`OnlineStopping` updates Δ_k from the second batch on. Training uses cross-entropy.
+
+    Args:
+        data: the dataset in its fixed order; only full batches are used.
+        model: ``"linear"``, ``"mlp"`` or ``"cnn"``.
+        hidden: the MLP's hidden widths.
+        channels: the CNN's conv widths.
+        batch_size: B, the samples per batch (also the training mini-batch size).
+        steps_per_batch: Adam steps after each revealed batch.
+        lr: Adam's learning rate.
+        D: the subspace dimension.
+        sigma: σ of θ ~ N(0, σ² I_D), > 0.
+        tol: the tolerance Δ, > 0.
+        patience: consecutive estimates below ``tol`` needed to stop, ≥ 1.
+        formula: ``"second_order"`` or ``"paper"``.
+        max_batches: reveal at most this many batches (None: all full batches).
+        seed: seeds the model's initialisation (and torch's global generator) and the mini-batch draws.
+        progress: show a progress bar.
+
+    Returns:
+        An :class:`OnlineResult`.
+
+    Raises:
+        ValueError: if fewer than 2 batches can be revealed, and as :class:`OnlineStopping` and
+            :func:`~hesslib.models.make_model`.
+    """
     N = len(data) // batch_size if max_batches is None else min(max_batches, len(data) // batch_size)
     if N < 2:
         raise ValueError(f"need at least 2 full batches of {batch_size}, the data gives {len(data) // batch_size}")

@@ -13,12 +13,33 @@ from .operators import check_block
 def random_directions(
     objective: Objective, D: int, *, seed: int = 0, filter_normalize: bool = True, orthonormalize: bool = False
 ) -> torch.Tensor:
-    """D random Gaussian directions [M, D], the paper's baseline.
+    """D random Gaussian directions P [M, D], the paper's baseline to the Hessian eigenvectors.
 
     With ``filter_normalize`` (Li et al. 2018) every filter (a row of a weight matrix, an output channel of a
     convolution) of each direction is rescaled to the norm of the same filter of w*, and biases and other 1-D
     parameters are zeroed (the original code set them to the bias values instead). With ``orthonormalize`` the
     D directions are then made orthonormal (QR), which makes them comparable with Hessian eigenvectors.
+
+    Args:
+        objective: gives M, w* and the parameter layout (``parameter_blocks``).
+        D: the number of directions, an int in [1, M].
+        seed: seeds the Gaussian draw (a CPU generator, float64).
+        filter_normalize: rescale per filter to w*'s filter norms and zero 1-D parameters.
+        orthonormalize: make the columns orthonormal (QR) afterwards.
+
+    Returns:
+        P [M, D] in the objective's dtype on its device.
+
+    Raises:
+        ValueError: if ``D`` is not an int in [1, M].
+
+    Example:
+        >>> from hesslib import Objective, make_model
+        >>> model = make_model("linear", (1, 2, 2), num_classes=2, seed=0)
+        >>> obj = Objective(model, torch.randn(4, 1, 2, 2), torch.tensor([0, 1, 0, 1]), batch_size=2)
+        >>> P = random_directions(obj, 3, orthonormalize=True)
+        >>> P.shape, bool(torch.allclose(P.T @ P, torch.eye(3), atol=1e-6)), P[8:].abs().sum().item()
+        (torch.Size([10, 3]), True, 0.0)
     """
     if not isinstance(D, int) or not 1 <= D <= objective.num_params:
         raise ValueError(f"D must be an integer in [1, {objective.num_params}] (num_params), got {D!r}")
@@ -70,12 +91,33 @@ def subspace_losses(
     memory_mb: float = 64.0,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Per-batch losses ℓ_i(w* + Pθ_t) for every θ_t (rows of ``thetas``, [T, D]) and batch i: a [T, N] tensor.
+    """Per-batch losses ℓ_i(w* + Pθ_t) for every θ_t (the rows of ``thetas``) and every batch i = 1..N.
 
     For a chunk of θ, the weights w* + Pθ form one [c, M] matrix; the model runs vmapped over them on large
     slices of the data, and per-sample losses are reduced to batch means with one ``index_add``. ``memory_mb``
     bounds the activations of one pass: large models get whole-data passes one θ at a time (already a big call),
     small models many θ per pass. No model copies, no loop over batches.
+
+    Args:
+        objective: the loss, its N batches and w*.
+        P: the subspace basis [M, D], D ≥ 1, in the objective's dtype on its device.
+        thetas: [T, D] with T ≥ 1, any float dtype (moved to the objective's dtype and device).
+        memory_mb: the approximate activation budget of one pass in MiB, > 0.
+        progress: show a progress bar.
+
+    Returns:
+        [T, N] in the objective's dtype on its device; entry (t, i − 1) is ℓ_i(w* + Pθ_t).
+
+    Raises:
+        ValueError: if ``P`` is not [M, D] in the objective's dtype and device, or ``thetas`` is not [T ≥ 1, D].
+
+    Example:
+        >>> from hesslib import Objective, make_model
+        >>> model = make_model("linear", (1, 2, 2), num_classes=2, seed=0)
+        >>> obj = Objective(model, torch.randn(6, 1, 2, 2), torch.tensor([0, 1, 0, 1, 1, 0]), batch_size=2)
+        >>> losses = subspace_losses(obj, torch.eye(10)[:, :2], torch.zeros(4, 2))
+        >>> losses.shape, bool(torch.allclose(losses[0], obj.batch_losses()))
+        (torch.Size([4, 3]), True)
     """
     P = check_block(objective, P, "P")
     if thetas.dim() != 2 or thetas.shape[1] != P.shape[1] or thetas.shape[0] < 1:
@@ -108,7 +150,25 @@ def subspace_losses(
 
 
 def grid_thetas(extent: float, points: int, *, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
-    """A points x points mesh on [−extent, extent]²: returns (axis [points], thetas [points², 2], row-major)."""
+    """A points x points mesh of θ on [−extent, extent]².
+
+    Args:
+        extent: the half-width of the square, > 0.
+        points: the points per axis, ≥ 2.
+        dtype: the dtype of the outputs.
+
+    Returns:
+        (axis, thetas): axis [points] from −extent to extent, and thetas [points², 2], row-major, with
+        ``thetas[i * points + j] = (axis[i], axis[j])``.
+
+    Raises:
+        ValueError: if ``points`` < 2 or ``extent`` ≤ 0.
+
+    Example:
+        >>> axis, thetas = grid_thetas(1.0, 3)
+        >>> axis.tolist(), thetas.shape, thetas[1].tolist()
+        ([-1.0, 0.0, 1.0], torch.Size([9, 2]), [-1.0, 0.0])
+    """
     if points < 2 or not extent > 0:
         raise ValueError(f"need points >= 2 and extent > 0, got points={points}, extent={extent}")
     axis = torch.linspace(-extent, extent, points, dtype=dtype)

@@ -25,7 +25,18 @@ OPTIMIZERS = ("adam", "sgd")
 
 @dataclass
 class TrainRecord:
-    """What a training run produced besides the weights."""
+    """What a training run produced besides the weights.
+
+    Attributes:
+        config: the training configuration (the cache key).
+        loss_curve: the mean training loss of each epoch.
+        train_loss: the final mean loss over the whole training set, in evaluation mode.
+        train_accuracy: the final accuracy on the training set, in [0, 1].
+        test_loss: the mean loss on the test set, None without one.
+        test_accuracy: the accuracy on the test set, None without one.
+        num_params: M, the number of parameters.
+        seconds: wall time of the run as measured when it was computed (a cached record keeps its first time).
+    """
 
     config: dict
     loss_curve: list[float] = field(default_factory=list)  # mean training loss of each epoch
@@ -40,7 +51,7 @@ class TrainRecord:
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, *, loss: str = "cross_entropy", chunk: int = 4096,
              device: str | torch.device = "cpu") -> tuple[float, float]:
-    """(mean loss, accuracy) of ``model`` over ``data``, in chunks of ``chunk`` samples."""
+    """(mean loss, accuracy) of ``model`` over ``data``, in chunks of ``chunk`` samples (sets eval mode)."""
     model.eval()
     total, correct = 0.0, 0
     for start in range(0, len(data), chunk):
@@ -72,11 +83,40 @@ def train(
     cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
     progress: bool = True,
 ) -> tuple[nn.Module, TrainRecord]:
-    """Train ``model`` on the first ``limit`` samples of ``dataset``; return (model in eval mode, record).
+    """Train ``model`` on the first ``limit`` samples of ``dataset`` to find w*.
 
-    Test metrics use the dataset's test split when it has one, else the LAST ``holdout`` samples of the
-    train split (which must not overlap the first ``limit``). Results are cached under ``cache_dir`` keyed by
-    the full configuration; ``cache_dir=None`` always retrains.
+    Mini-batches are shuffled with a generator seeded by ``seed`` (this order only affects how w* is found,
+    never the analysis order). Test metrics use the LAST ``holdout`` samples of the train split when
+    ``holdout`` > 0, else the dataset's test split when it has one, else none. Results are cached under
+    ``cache_dir`` keyed by the full configuration; ``cache_dir=None`` always retrains.
+
+    Args:
+        dataset: a name accepted by :func:`~hesslib.data.load_dataset`.
+        model: ``"linear"``, ``"mlp"`` or ``"cnn"`` (:func:`~hesslib.models.make_model`).
+        limit: train on the first ``limit`` samples of the fixed order; None uses all.
+        holdout: the number ≥ 0 of samples at the end of the train split to test on; they must not overlap
+            the first ``limit``.
+        root: the data folder.
+        hidden: the MLP's hidden widths.
+        channels: the CNN's conv widths.
+        loss: ``"cross_entropy"`` or ``"mse"``.
+        optimizer: ``"adam"`` or ``"sgd"``.
+        lr: the learning rate, > 0.
+        weight_decay: the optimiser's weight decay.
+        epochs: the number of passes over the data, ≥ 0.
+        batch_size: the training mini-batch size, ≥ 1 (not the analysis batch size B).
+        seed: seeds the initialisation and the mini-batch order.
+        device: where to train.
+        cache_dir: the cache folder, or None for no cache.
+        progress: show a progress bar.
+
+    Returns:
+        (model, record): the trained ``nn.Module`` in evaluation mode on ``device``, and its :class:`TrainRecord`.
+
+    Raises:
+        ValueError: if ``loss`` or ``optimizer`` is unknown, ``epochs`` < 0, ``batch_size`` < 1, ``lr`` ≤ 0,
+            ``holdout`` < 0 or ``holdout`` overlaps the first ``limit`` samples; and the errors of
+            :func:`~hesslib.data.load_dataset` and :func:`~hesslib.models.make_model`.
     """
     check_loss(loss)
     if optimizer not in OPTIMIZERS:
@@ -151,8 +191,14 @@ def _fit(data: Dataset, test: Dataset | None, config: dict, *, device, progress:
 
 @dataclass
 class LearningCurve:
-    """Final metrics of one model trained per training-set size (``sizes``, ascending), all evaluated on the
-    same test set ``test_set``: the dataset's test split, or its last ``holdout`` samples (``holdout`` > 0)."""
+    """Final metrics of one model trained per training-set size, all evaluated on the same test set.
+
+    Attributes:
+        sizes: the training-set sizes n, strictly increasing.
+        records: the :class:`TrainRecord` of each size.
+        holdout: the samples held out from the end of the train split (0: the dataset's test split is used).
+        test_set: the test set, in words.
+    """
 
     sizes: list[int]
     records: list[TrainRecord]
@@ -161,21 +207,26 @@ class LearningCurve:
 
     @property
     def test_accuracy(self) -> np.ndarray:
+        """The test accuracy of each size, float [len(sizes)]."""
         return np.array([r.test_accuracy for r in self.records], dtype=float)
 
     @property
     def test_loss(self) -> np.ndarray:
+        """The mean test loss of each size, float [len(sizes)]."""
         return np.array([r.test_loss for r in self.records], dtype=float)
 
     @property
     def train_accuracy(self) -> np.ndarray:
+        """The training accuracy of each size, float [len(sizes)]."""
         return np.array([r.train_accuracy for r in self.records], dtype=float)
 
     @property
     def train_loss(self) -> np.ndarray:
+        """The final mean training loss of each size, float [len(sizes)]."""
         return np.array([r.train_loss for r in self.records], dtype=float)
 
     def _metric(self, metric: str) -> np.ndarray:
+        """The array property named ``metric``, or a ValueError naming the allowed ones."""
         if metric not in ("test_accuracy", "test_loss", "train_accuracy", "train_loss"):
             raise ValueError(f"metric must be test_accuracy, test_loss, train_accuracy or train_loss, got {metric!r}")
         return getattr(self, metric)
@@ -187,18 +238,44 @@ class LearningCurve:
         return np.sqrt(sizes[1:] * sizes[:-1])
 
     def gain_per_doubling(self, metric: str = "test_accuracy") -> np.ndarray:
-        """(m_i − m_{i−1}) / log2(n_i / n_{i−1}) between consecutive sizes for ``metric`` (one of the array
-        properties): the improvement bought by each doubling of the data; length len(sizes) − 1."""
+        """The improvement bought by each doubling of the data, (m_i − m_{i−1}) / log2(n_i / n_{i−1}).
+
+        Args:
+            metric: ``"test_accuracy"``, ``"test_loss"``, ``"train_accuracy"`` or ``"train_loss"``.
+
+        Returns:
+            float [len(sizes) − 1], one value per pair of consecutive sizes.
+
+        Raises:
+            ValueError: if ``metric`` is not one of those four.
+        """
         return np.diff(self._metric(metric)) / np.diff(np.log2(np.asarray(self.sizes, dtype=float)))
 
     def gain_per_sample(self, metric: str = "test_accuracy") -> np.ndarray:
-        """(m_i − m_{i−1}) / (n_i − n_{i−1}): the improvement bought by each added sample between consecutive
-        sizes, the marginal value of data; length len(sizes) − 1."""
+        """The improvement bought by each added sample, (m_i − m_{i−1}) / (n_i − n_{i−1}): data's marginal value.
+
+        Args:
+            metric: ``"test_accuracy"``, ``"test_loss"``, ``"train_accuracy"`` or ``"train_loss"``.
+
+        Returns:
+            float [len(sizes) − 1], one value per pair of consecutive sizes.
+
+        Raises:
+            ValueError: if ``metric`` is not one of those four.
+        """
         return np.diff(self._metric(metric)) / np.diff(np.asarray(self.sizes, dtype=float))
 
     def error_power_law(self) -> tuple[float, float]:
-        """Least-squares fit of the test error 1 − accuracy ≈ C·n^(−α) on log-log axes (sizes with zero error are
-        left out): returns (α, C). Halving the error then takes 2^(1/α) times the data."""
+        """Least-squares fit of the test error 1 − accuracy ≈ C·n^(−α) on log-log axes.
+
+        Sizes with zero (or NaN) error are left out. Halving the error then takes 2^(1/α) times the data.
+
+        Returns:
+            (α, C) as floats.
+
+        Raises:
+            ValueError: if fewer than 2 sizes have a positive test error.
+        """
         error = 1.0 - self.test_accuracy
         keep = np.isfinite(error) & (error > 0)
         if keep.sum() < 2:
@@ -214,11 +291,29 @@ class LearningCurve:
 
 def learning_curve(dataset: str, sizes: Sequence[int], *, holdout: int = 1000, root: str | Path = "data",
                    **train_kwargs) -> LearningCurve:
-    """Train one model (:func:`train`, cached) on the first ``n`` samples for each ``n`` in ``sizes`` and test
-    every one on the same samples: the dataset's own test split when it has one (``holdout`` is then ignored),
-    else its last ``holdout`` samples, which no training set may reach. ``train_kwargs`` go to :func:`train`
-    (model, hidden, epochs, seed, cache_dir, ...): every size gets the same settings, hence the same number of
-    epochs."""
+    """Train one model (:func:`train`, cached) on the first n samples for each n in ``sizes``, tested alike.
+
+    Every model is tested on the same samples: the dataset's own test split when it has one (``holdout`` is
+    then ignored), else its last ``holdout`` samples, which no training set may reach. Every size gets the same
+    settings, hence the same number of epochs.
+
+    Args:
+        dataset: a name accepted by :func:`~hesslib.data.load_dataset`.
+        sizes: the training-set sizes, strictly increasing integers ≥ 1.
+        holdout: samples held out from the end of the train split when the dataset has no test split, ≥ 1
+            then; the largest size plus ``holdout`` must not exceed the train split.
+        root: the data folder.
+        **train_kwargs: passed to :func:`train` (model, hidden, epochs, seed, cache_dir, ...), but not
+            ``limit`` or ``holdout``.
+
+    Returns:
+        A :class:`LearningCurve`.
+
+    Raises:
+        ValueError: if ``sizes`` is empty, not strictly increasing or has a size < 1; if a held-out test set
+            is needed and ``holdout`` < 1; and the errors of :func:`train` (e.g. a size that reaches the
+            held-out samples).
+    """
     sizes = [int(n) for n in sizes]
     if not sizes or any(n < 1 for n in sizes) or sorted(set(sizes)) != sizes:
         raise ValueError(f"sizes must be a non-empty, strictly increasing list of integers >= 1, got {sizes}")
