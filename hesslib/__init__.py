@@ -3,7 +3,8 @@
 The modules follow the method: data -> models -> training -> operators / hessian (the loss Hessian as an
 operator, per-batch projected curvature) -> eigen (top-D eigenpairs) -> subspace (w = w* + Pθ) -> estimators
 (Δ_k by Monte Carlo and in closed form, K) -> surfaces (2-D grids) -> experiment (cached pipeline) ->
-sample_size (the paper's Table 1) and stopping (the online rule) -> plots and paper (figures, `make paper`).
+sample_size (the paper's Table 1) and stopping (the online rule) -> plots, results and paper (figures,
+findings in words, `make paper`).
 
 ``__all__`` lists what a user of the method calls; result types (``EigenResult``, ``ProjectedCurvature``, ...)
 and helpers stay in their modules.
@@ -36,6 +37,7 @@ from .experiment import Experiment  # noqa: E402
 from .hessian import Objective, curvature_spread, projected_hessians  # noqa: E402
 from .models import make_model  # noqa: E402
 from .operators import DenseOperator, Operator  # noqa: E402
+from .results import record, share, show_findings, times  # noqa: E402
 from .sample_size import format_table, sample_size_table, table_cells  # noqa: E402
 from .stopping import OnlineStopping, run_online_stopping  # noqa: E402
 from .subspace import grid_thetas, random_directions, subspace_losses  # noqa: E402
@@ -61,4 +63,6 @@ __all__ = [
     "surfaces_at", "surface_limits", "surface_change_curves",
     # the cached pipeline, the paper's Table 1 and the online rule
     "Experiment", "sample_size_table", "format_table", "table_cells", "OnlineStopping", "run_online_stopping",
+    # the paper: headline numbers and findings in words
+    "record", "show_findings", "times", "share",
 ]

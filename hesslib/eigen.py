@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bars: no widget warnings in rendered notebooks
 
 from .operators import Operator, check_block, check_operator
 

@@ -576,7 +576,8 @@ def sample_size_curve(curve: DeltaCurve, tolerances: np.ndarray | list[float], *
         >>> sample_size_curve(curve, [1.0, 0.1, 0.01]).tolist()
         [1.0, 4.0, nan]
     """
-    delta = np.clip(np.asarray(curve.delta, dtype=float) + z * np.asarray(curve.stderr, dtype=float), 0.0, None)
+    shift = z * np.nan_to_num(np.asarray(curve.stderr, dtype=float)) if z else 0.0  # T = 1: stderr is NaN
+    delta = np.clip(np.asarray(curve.delta, dtype=float) + shift, 0.0, None)
     shifted = replace(curve, delta=delta)
     out = [sufficient_sample_size(shifted, float(tol)) for tol in np.asarray(tolerances, dtype=float)]
     return np.array([np.nan if K is None else K for K in out], dtype=float)

@@ -1,11 +1,18 @@
-"""`make paper`: run the notebooks in story order with papermill, render HTML, write figures/MANIFEST.json.
+"""`make paper`: run the notebooks in story order with papermill, render HTML, write the paper's records.
 
 Each notebook is executed headlessly from the repository root into ``BUILD/notebooks/`` (written to a
 temporary name and renamed only on success; a failure stops the run, keeps the partial notebook under
 ``BUILD/failed/`` for reading, and leaves nothing a later run would take as done). Parameters given with
 ``-p NAME VALUE`` or ``--params-file FILE.yaml`` go to every notebook that declares them in its ``parameters``
 cell. Figures are recorded through ``$HESSLIB_FIGURE_LOG`` and listed with their notebook, parameters, the git
-commit and sha256 in ``figures/MANIFEST.json``.
+commit and sha256 in ``MANIFEST.json`` beside them; the numbers a notebook records with
+:func:`hesslib.results.record` (through ``$HESSLIB_RESULTS_LOG``) go to ``RESULTS.json`` beside them.
+
+A default run (no parameters) also writes every executed notebook, without its volatile metadata, to
+``notebooks/rendered/`` (so the repository host shows the paper with its outputs) and a paper page,
+``BUILD/html/index.html``. A run WITH parameters writes its figures to ``BUILD/figures/`` unless it is given
+``-p output_dir ...``, and rendered notebooks only where ``--rendered DIR`` says, so it never overwrites the
+committed paper by accident.
 """
 
 from __future__ import annotations
@@ -14,15 +21,19 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
 from .cache import project_root
 from .plots import FIGURE_LOG_ENV
+from .results import RESULTS_LOG_ENV
 
 
 def notebooks(root: Path, only: str | None = None) -> list[Path]:
@@ -47,8 +58,34 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def run_notebook(nb: Path, out_dir: Path, params: dict, *, progress: bool = True) -> tuple[Path, dict, list[dict]]:
-    """Execute one notebook with the parameters it declares; return (executed path, parameters used, figures)."""
+@contextmanager
+def _logging_to(env: str, path: Path) -> Iterator[Path]:
+    """Point ``$env`` at a fresh ``path`` for the duration (the kernel inherits it), restoring it afterwards."""
+    path.unlink(missing_ok=True)
+    before = os.environ.get(env)
+    os.environ[env] = str(path.resolve())
+    try:
+        yield path
+    finally:
+        if before is None:
+            os.environ.pop(env, None)
+        else:
+            os.environ[env] = before
+
+
+def _read_log(path: Path) -> list[dict]:
+    entries = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    path.unlink(missing_ok=True)
+    return entries
+
+
+def run_notebook(nb: Path, out_dir: Path, params: dict, *,
+                 progress: bool = True) -> tuple[Path, dict, list[dict], list[dict]]:
+    """Execute one notebook with the parameters it declares.
+
+    Returns:
+        (executed path, effective parameters, figures it saved, numbers it recorded).
+    """
     import papermill as pm
 
     root = project_root(nb.parent)
@@ -61,27 +98,20 @@ def run_notebook(nb: Path, out_dir: Path, params: dict, *, progress: bool = True
     failed = out_dir / "failed" / nb.name
     final.parent.mkdir(parents=True, exist_ok=True)
     final.unlink(missing_ok=True)
-    log = out_dir / f".{nb.stem}.figures.jsonl"
-    log.unlink(missing_ok=True)
-    env_before = os.environ.get(FIGURE_LOG_ENV)
-    os.environ[FIGURE_LOG_ENV] = str(log.resolve())
-    try:
-        pm.execute_notebook(str(nb), str(tmp), parameters=used, cwd=str(root), kernel_name="python3",
-                            progress_bar=progress, request_save_on_cell_execute=False)
-    except BaseException:
-        failed.parent.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            os.replace(tmp, failed)
-        raise
-    finally:
-        if env_before is None:
-            os.environ.pop(FIGURE_LOG_ENV, None)
-        else:
-            os.environ[FIGURE_LOG_ENV] = env_before
+    with (_logging_to(FIGURE_LOG_ENV, out_dir / f".{nb.stem}.figures.jsonl") as figure_log,
+          _logging_to(RESULTS_LOG_ENV, out_dir / f".{nb.stem}.results.jsonl") as results_log):
+        try:
+            pm.execute_notebook(str(nb), str(tmp), parameters=used, cwd=str(root), kernel_name="python3",
+                                progress_bar=progress, request_save_on_cell_execute=False)
+        except BaseException:
+            failed.parent.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                os.replace(tmp, failed)
+            _read_log(figure_log), _read_log(results_log)
+            raise
     os.replace(tmp, final)
-    figures = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    log.unlink(missing_ok=True)
-    return final, effective, figures
+    results = [{**entry, "notebook": f"notebooks/{nb.name}"} for entry in _read_log(results_log)]
+    return final, effective, _read_log(figure_log), results
 
 
 def render_html(executed: Path, out_dir: Path) -> Path:
@@ -110,6 +140,160 @@ def write_manifest(path: Path, entries: list[dict], commit: str) -> None:
     os.replace(tmp, path)
 
 
+# ---- rendered notebooks, results and the paper page -----------------------------------------------------------
+VOLATILE_CELL_KEYS = ("execution", "papermill")  # timestamps and durations of every cell
+VOLATILE_NOTEBOOK_KEYS = ("papermill", "widgets")  # run times, input / output paths
+
+
+def clean_notebook(nb: dict) -> dict:
+    """An executed notebook without what changes from run to run.
+
+    Removed: papermill's and Jupyter's timing metadata (per cell and per notebook) and widget state; the random
+    id of papermill's injected-parameters cell becomes ``"injected-parameters"``. Outputs, execution counts and
+    the ids of the notebook's own cells stay.
+    """
+    nb = json.loads(json.dumps(nb))
+    for key in VOLATILE_NOTEBOOK_KEYS:
+        nb.get("metadata", {}).pop(key, None)
+    for cell in nb.get("cells", []):
+        for key in VOLATILE_CELL_KEYS:
+            cell.get("metadata", {}).pop(key, None)
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            cell["id"] = "injected-parameters"  # papermill draws a random id for the cell it adds
+    return nb
+
+
+def write_rendered(executed: Path, folder: Path) -> Path:
+    """Write :func:`clean_notebook` of ``executed`` to ``folder/<name>.ipynb`` (atomically, nbformat's layout)."""
+    nb = clean_notebook(json.loads(executed.read_text()))
+    path = folder / executed.name
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def write_results(path: Path, entries: list[dict]) -> None:
+    """Write ``RESULTS.json``: every recorded number by name with its value, notebook, description and unit.
+
+    Entries of earlier runs of other notebooks are kept (as in the manifest).
+    """
+    old = json.loads(path.read_text()) if path.exists() else {}
+    results = dict(old.get("results", {}))
+    for entry in entries:
+        results[entry["name"]] = {k: v for k, v in entry.items() if k != "name"}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"results": dict(sorted(results.items()))}, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+# the storyline: (notebook stem, act, what it asks, its key figure)
+STORY = (
+    ("00_background", "Background", "When does more data stop paying for itself?", "00_learning_curve"),
+    ("01_rising_action", "Rising action", "Where does the loss landscape have structure?", "01_spectrum"),
+    ("02_climax", "Climax", "How much does one batch move the landscape when data is scarce?",
+     "02_surfaces_hessian_small_k"),
+    ("03_falling_action", "Falling action", "And when data is plentiful?", "03_change_vs_k"),
+    ("04_resolution", "Resolution", "How fast does Δ_k decay with k?", "04_delta_hessian"),
+    ("05_theory_vs_monte_carlo", "Theory vs Monte Carlo", "Can curvature predict Δ_k without sampling?",
+     "05_ratio_to_monte_carlo"),
+    ("06_sufficient_sample_size", "Sufficient sample size", "How many batches are enough, and how sure is that?",
+     "06_sample_size_vs_tolerance"),
+)
+TITLE = "When does one more batch stop changing the loss landscape?"
+ABSTRACT = (
+    "We train a network to w*, find the top-D eigenvectors P of the loss Hessian with Hessian-vector products, "
+    "look at the loss only along w = w* + Pθ, and measure how much adding the (k+1)-th batch of a fixed order "
+    "changes it: Δ_k = E_θ[(L_{k+1}(w* + Pθ) − L_k(w* + Pθ))²] with θ ~ N(0, σ²I). Δ_k is measured by Monte "
+    "Carlo and predicted in closed form from curvature (the original paper's formula and the exact second-order "
+    "estimate), for every k at once; the k after which Δ_k stays below a tolerance is the Δ-sufficient sample "
+    "size K. Each section below states what this run found, in numbers computed by the notebooks."
+)
+
+
+def notebook_findings(executed: Path) -> str | None:
+    """The Markdown of the "What we found" output of an executed notebook, if it has one."""
+    nb = json.loads(executed.read_text())
+    for cell in reversed(nb.get("cells", [])):
+        for output in cell.get("outputs", []):
+            text = output.get("data", {}).get("text/markdown")
+            if text and "".join(text).lstrip().startswith("## What we found"):
+                return "".join(text)
+    return None
+
+
+def write_index(out_dir: Path, figures: Path, results: dict) -> Path:
+    """Write the paper page ``out_dir/html/index.html`` and return its path.
+
+    It holds the title, the abstract, the storyline with each notebook's HTML, its key figure and its findings,
+    and a table of the headline numbers of ``results`` (RESULTS.json's entries).
+    """
+    from html import escape
+
+    from nbconvert.filters.markdown import markdown2html
+
+    html_dir = out_dir / "html"
+    (html_dir / "figures").mkdir(parents=True, exist_ok=True)
+    parts = [f"<h1>{escape(TITLE)}</h1>", f"<p>{escape(ABSTRACT)}</p>", "<h2>The story</h2>"]
+    for stem, act, question, figure in STORY:
+        page = html_dir / f"{stem}.html"
+        if not page.exists():
+            continue
+        parts.append(f'<h3><a href="{stem}.html">{escape(act)}</a>: {escape(question)}</h3>')
+        png = figures / f"{figure}.png"
+        if png.exists():
+            shutil.copyfile(png, html_dir / "figures" / png.name)
+            parts.append(f'<p><img src="figures/{png.name}" alt="{escape(figure)}" style="max-width: 720px"></p>')
+        executed = out_dir / "notebooks" / f"{stem}.ipynb"
+        findings = notebook_findings(executed) if executed.exists() else None
+        if findings:
+            parts.append(markdown2html(findings.replace("## What we found", "#### What we found", 1)))
+    if results:
+        rows = "".join(
+            f"<tr><td><code>{escape(name)}</code></td><td>{escape(_format_value(entry.get('value')))}</td>"
+            f"<td>{escape(entry.get('unit') or '')}</td><td>{escape(entry['description'])}</td>"
+            f"<td>{escape(Path(entry['notebook']).stem)}</td></tr>"
+            for name, entry in sorted(results.items(), key=lambda item: (item[1]["notebook"], item[0])))
+        parts.append("<h2>Headline numbers</h2><table><tr><th>name</th><th>value</th><th>unit</th>"
+                     f"<th>what it is</th><th>notebook</th></tr>{rows}</table>")
+    style = ("body{font-family:sans-serif;max-width:960px;margin:2em auto;line-height:1.45}"
+             "table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #ccc;padding:3px 6px}")
+    page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{escape(TITLE)}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+    index = html_dir / "index.html"
+    tmp = index.with_name(".index.html.tmp")
+    tmp.write_text(page)
+    os.replace(tmp, index)
+    return index
+
+
+def _format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return ", ".join(_format_value(v) for v in value)
+    return "–" if value is None else str(value)
+
+
+def output_places(params: dict, *, root: Path, out_dir: Path,
+                  rendered: str | None = None) -> tuple[dict, Path | None]:
+    """Where a run writes: (parameters with ``output_dir`` filled in, folder for rendered notebooks or None).
+
+    A run without parameters is the paper's default run: figures go to the notebooks' default ``figures/`` and
+    rendered notebooks to ``notebooks/rendered/``. A run with parameters but no ``output_dir`` writes its figures
+    to ``out_dir/figures`` and renders nothing, unless ``rendered`` names a folder, so it never overwrites the
+    committed paper by accident.
+    """
+    params = dict(params)
+    if params and "output_dir" not in params:
+        params["output_dir"] = str(out_dir / "figures")
+        print(f"parameters given without output_dir: figures go to {params['output_dir']}", flush=True)
+    if rendered:
+        return params, (root / rendered).resolve()
+    return params, None if params else root / "notebooks" / "rendered"
+
+
 def parse_params(pairs: list[list[str]], params_file: str | None) -> dict:
     """Notebook parameters from a YAML file, then ``-p NAME VALUE`` pairs (each VALUE parsed as YAML) on top."""
     params: dict = {}
@@ -128,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="a notebook parameter (VALUE is parsed as YAML)")
     parser.add_argument("--only", help="run only notebooks whose name contains this")
+    parser.add_argument("--rendered", help="folder for the rendered notebooks (default: notebooks/rendered for a "
+                                           "run without parameters, none otherwise)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     root = project_root()
@@ -137,28 +323,43 @@ def main(argv: list[str] | None = None) -> int:
     if not todo:
         print("no notebooks found in notebooks/", file=sys.stderr)
         return 1
+    params, rendered = output_places(params, root=root, out_dir=out_dir, rendered=args.rendered)
     commit = git_commit(root)
-    entries: dict[str, list[dict]] = {}
+    figure_entries: dict[str, list[dict]] = {}
+    result_entries: dict[str, list[dict]] = {}
     start = time.perf_counter()
     for i, nb in enumerate(todo, 1):
         print(f"[{i}/{len(todo)}] {nb.name}", flush=True)
         t0 = time.perf_counter()
         try:
-            executed, used, figures = run_notebook(nb, out_dir, params, progress=not args.no_progress)
+            executed, used, figures, results = run_notebook(nb, out_dir, params, progress=not args.no_progress)
         except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
             print(f"\n{nb.name} FAILED: {exc}\nThe partial notebook is in {out_dir / 'failed' / nb.name}",
                   file=sys.stderr)
             return 1
         render_html(executed, out_dir)
+        if rendered is not None:
+            write_rendered(executed, rendered)
         for fig in figures:
             files = {Path(f).suffix[1:]: {"path": os.path.relpath(f, root), "sha256": sha256(Path(f))}
                      for f in fig["files"]}
-            entries.setdefault(str(Path(fig["files"][0]).parent), []).append(
+            figure_entries.setdefault(str(Path(fig["files"][0]).parent), []).append(
                 {"name": fig["name"], "notebook": f"notebooks/{nb.name}", "parameters": used, "files": files})
-        print(f"    done in {time.perf_counter() - t0:.1f} s, {len(figures)} figure(s)", flush=True)
-    for folder, figs in entries.items():
+        output_dir = str((root / used.get("output_dir", "figures")).resolve())
+        result_entries.setdefault(output_dir, []).extend(results)
+        print(f"    done in {time.perf_counter() - t0:.1f} s, {len(figures)} figure(s), {len(results)} number(s)",
+              flush=True)
+    for folder, figs in figure_entries.items():
         write_manifest(Path(folder) / "MANIFEST.json", figs, commit)
-    print(f"paper built in {time.perf_counter() - start:.1f} s: notebooks and HTML in {out_dir}")
+    for folder, entries in result_entries.items():
+        if entries:
+            write_results(Path(folder) / "RESULTS.json", entries)
+    figures_dir = Path(next(iter(result_entries), root / "figures"))
+    results_file = figures_dir / "RESULTS.json"
+    all_results = json.loads(results_file.read_text())["results"] if results_file.exists() else {}
+    index = write_index(out_dir, figures_dir, all_results)
+    print(f"paper built in {time.perf_counter() - start:.1f} s: notebooks and HTML in {out_dir}, "
+          f"paper page {index}" + (f", rendered notebooks in {rendered}" if rendered else ""))
     return 0
 
 

@@ -15,7 +15,7 @@ from .estimators import DeltaCurve
 
 FIGURE_LOG_ENV = "HESSLIB_FIGURE_LOG"  # set by `make paper` to record which notebook wrote which figure
 STYLE = {
-    "figure.dpi": 110,
+    "figure.dpi": 80,  # inline images in the notebooks, sized for reading; files use savefig.dpi
     "savefig.dpi": 150,
     "font.size": 10,
     "axes.grid": True,

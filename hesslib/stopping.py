@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bars: no widget warnings in rendered notebooks
 
 from .data import Dataset
 from .eigen import top_eigenpairs

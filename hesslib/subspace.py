@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch.func import vmap
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bars: no widget warnings in rendered notebooks
 
 from .hessian import Objective
 from .operators import check_block

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bars: no widget warnings in rendered notebooks
 
 from .cache import DEFAULT_CACHE_DIR, cached
 from .data import Dataset, has_test_split, load_dataset

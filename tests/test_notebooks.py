@@ -35,7 +35,7 @@ RERUN = "03_falling_action"  # a fast notebook with 3D surfaces and line plots, 
 
 def _main(tmp: Path, figures: Path, cache: Path, *extra: str) -> int:
     return paper.main(["--params-file", str(SMOKE), "-p", "output_dir", str(figures), "-p", "cache_dir", str(cache),
-                       "--build", str(tmp / "build"), "--no-progress", *extra])
+                       "--build", str(tmp / "build"), "--rendered", str(tmp / "rendered"), "--no-progress", *extra])
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def paper_run(environment, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("paper")
     figures, cache = tmp / "figures", tmp / "cache"
     rc = _main(tmp, figures, cache)
-    return {"rc": rc, "build": tmp / "build", "figures": figures, "cache": cache}
+    return {"rc": rc, "build": tmp / "build", "figures": figures, "cache": cache, "rendered": tmp / "rendered"}
 
 
 def _sha256(path: Path) -> str:
@@ -123,8 +123,64 @@ def test_manifest_lists_every_figure_with_its_notebook_parameters_commit_and_has
         assert set(names) <= set(by_notebook[stem])
 
 
-# ---- (b) byte-identical figures on a rerun -----------------------------------------------------------------------
-def test_rerun_gives_byte_identical_figures(paper_run, tmp_path):
+def _code(nb) -> list[str]:
+    return [c.source for c in nb.cells if c.cell_type == "code" and "injected-parameters" not in c.metadata.get(
+        "tags", [])]
+
+
+def test_rendered_notebooks_carry_outputs_the_source_code_and_no_volatile_metadata(paper_run):
+    for source in NOTEBOOKS:
+        path = paper_run["rendered"] / source.name
+        rendered = nbformat.read(path, as_version=4)
+        assert _code(rendered) == _code(nbformat.read(source, as_version=4)), f"{source.name}: code differs"
+        injected = [c for c in rendered.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert len(injected) == 1, "the smoke run passes parameters, so papermill's injected cell is there"
+        assert "papermill" not in rendered.metadata and "widgets" not in rendered.metadata
+        for cell in rendered.cells:
+            assert "execution" not in cell.metadata and "papermill" not in cell.metadata
+        outputs = [o for c in rendered.cells for o in c.get("outputs", [])]
+        assert any("image/png" in o.get("data", {}) for o in outputs), f"{source.name} shows no figure"
+        text = json.dumps(outputs)
+        assert "IProgress" not in text and "TqdmWarning" not in text, f"{source.name} carries widget warnings"
+        findings = paper.notebook_findings(path)
+        assert findings and findings.startswith("## What we found") and findings.count("\n- ") >= 2, source.name
+
+
+def test_results_json_records_the_headline_numbers_of_every_notebook(paper_run):
+    results = json.loads((paper_run["figures"] / "RESULTS.json").read_text())["results"]
+    assert len(results) >= 20
+    for name, entry in results.items():
+        assert set(entry) <= {"value", "notebook", "description", "unit"} and entry["description"], name
+        assert (ROOT / entry["notebook"]).exists()
+    assert {Path(e["notebook"]).stem for e in results.values()} == {nb.stem for nb in NOTEBOOKS}
+    index = (paper_run["build"] / "html" / "index.html").read_text()
+    for nb in NOTEBOOKS:
+        assert f'href="{nb.stem}.html"' in index
+    assert "What we found" in index and "Headline numbers" in index
+
+
+def test_output_places_keep_a_non_default_run_away_from_the_committed_paper(tmp_path):
+    root, out = tmp_path, tmp_path / "build"
+    assert paper.output_places({}, root=root, out_dir=out) == ({}, root / "notebooks" / "rendered")
+    params, rendered = paper.output_places({"sigma": 2}, root=root, out_dir=out)
+    assert params == {"sigma": 2, "output_dir": str(out / "figures")} and rendered is None
+    assert paper.output_places({"sigma": 2, "output_dir": "x"}, root=root, out_dir=out, rendered="r") == (
+        {"sigma": 2, "output_dir": "x"}, root / "r")
+
+
+def test_clean_notebook_drops_only_volatile_metadata():
+    nb = {"metadata": {"papermill": {"duration": 1}, "kernelspec": {"name": "python3"}},
+          "cells": [{"cell_type": "code", "metadata": {"execution": {"t": 1}, "papermill": {}, "tags": ["x"]},
+                     "outputs": [{"output_type": "stream", "text": "a"}], "execution_count": 3, "source": "1"}]}
+    clean = paper.clean_notebook(nb)
+    assert clean["metadata"] == {"kernelspec": {"name": "python3"}}
+    assert clean["cells"][0]["metadata"] == {"tags": ["x"]}
+    assert clean["cells"][0]["outputs"] == nb["cells"][0]["outputs"]
+    assert "papermill" in nb["metadata"], "the input is not modified"
+
+
+# ---- (b) byte-identical figures and rendered notebooks on a rerun ----------------------------------------------
+def test_rerun_gives_byte_identical_figures_and_rendered_notebooks(paper_run, tmp_path):
     assert paper_run["rc"] == 0
     figures = tmp_path / "figures"
     # a fresh cache too: training, eigenvectors and the surface grids are recomputed, not just re-plotted
@@ -133,6 +189,11 @@ def test_rerun_gives_byte_identical_figures(paper_run, tmp_path):
         for ext in ("pdf", "png"):
             first, second = paper_run["figures"] / f"{name}.{ext}", figures / f"{name}.{ext}"
             assert first.read_bytes() == second.read_bytes(), f"{name}.{ext} differs between two runs"
+    first, second = paper_run["rendered"] / f"{RERUN}.ipynb", tmp_path / "rendered" / f"{RERUN}.ipynb"
+    # the figures folder is a parameter, printed nowhere but in the injected cell: compare with it normalised
+    assert first.read_text().replace(str(paper_run["figures"]), "FIGURES").replace(
+        str(paper_run["cache"]), "CACHE") == second.read_text().replace(str(figures), "FIGURES").replace(
+        str(tmp_path / "cache"), "CACHE"), f"{RERUN}.ipynb differs between two runs"
 
 
 # ---- (c) committed notebooks are clean and parametrisable --------------------------------------------------------
