@@ -29,6 +29,7 @@ from .estimators import (  # noqa: E402
     gaussian_thetas,
     loglog_slope,
     loss_changes,
+    order_average,
     prefix_means,
     sample_size_curve,
     sufficient_sample_size,
@@ -55,7 +56,7 @@ __all__ = [
     "random_directions", "gaussian_thetas", "grid_thetas", "subspace_losses",
     # Δ_k: its pieces, Monte Carlo and closed forms
     "DeltaCurve", "prefix_means", "loss_changes", "delta_from_losses", "delta_monte_carlo", "delta_from_curvature",
-    "delta_theory", "delta_unperturbed",
+    "delta_theory", "delta_unperturbed", "order_average",
     # reading Δ_k curves: K, slopes, agreement
     "sufficient_sample_size", "sample_size_curve", "first_below", "format_K", "loglog_slope",
     "compare_to_reference", "delta_ratio", "fit_against",

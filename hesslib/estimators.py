@@ -3,9 +3,12 @@
 * the pieces: :func:`prefix_means` (L_k = (1/k) Σ_{i≤k} ℓ_i) and :func:`loss_changes`
   (L_{k+1} − L_k = (ℓ_{k+1} − L_k)/(k+1)), the one place where either is computed;
 * :func:`delta_monte_carlo` / :func:`delta_from_losses`: ground truth from one [T, N] matrix of per-batch losses;
-* :func:`delta_theory` / :func:`delta_from_curvature`: closed forms from prefix sums of per-batch projected
-  curvature (``formula="paper"``: the paper's Theorem 1; ``formula="second_order"``: the exact Gaussian moments
-  of the second-order expansion);
+  :func:`order_average`: its exact expectation over all batch orders;
+* :func:`delta_theory`: closed forms. ``formula="second_order"`` (the exact Gaussian moments of the
+  second-order expansion) and ``"paper_subspace"`` (the paper's Theorem 1 with the eigenvalues of PᵀH_kP) come
+  from prefix sums of per-batch projected curvature (:func:`delta_from_curvature`); ``"paper"`` (Theorem 1 as the
+  paper defines it, with the top-D eigenvalues of every H_k) from :func:`paper_eigenvalues` and
+  :func:`delta_from_eigenvalues`;
 * :func:`sufficient_sample_size` (the one home of the last-exceedance rule for K), :func:`sample_size_curve`,
   :func:`settling_envelope`, :func:`first_below`, :func:`moving_average`, :func:`loglog_slope`,
   :func:`compare_to_reference`, :func:`fit_against`: reading the curves.
@@ -18,15 +21,19 @@ from typing import Literal, get_args
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .hessian import Objective, ProjectedCurvature, projected_hessians
 from .operators import check_block
 from .subspace import subspace_losses
 
-Formula = Literal["paper", "second_order"]
+Formula = Literal["paper", "paper_subspace", "second_order"]
 FORMULAS: tuple[str, ...] = get_args(Formula)
-FORMULA_LABELS: dict[str, str] = {"paper": "paper's formula", "second_order": "second-order estimate"}
+CURVATURE_FORMULAS = ("paper_subspace", "second_order")  # those that per-batch projected curvature determines
+FORMULA_LABELS: dict[str, str] = {"paper": "paper's formula", "paper_subspace": "paper's formula, fixed subspace",
+                                  "second_order": "second-order estimate"}
 MONTE_CARLO_LABEL = "Monte Carlo"
+ORDER_AVERAGE_LABEL = "average over batch orders"
 
 
 @dataclass
@@ -196,6 +203,50 @@ def delta_from_losses(batch_losses: np.ndarray | torch.Tensor, *, sigma: float =
                       {"samples": T, **(meta or {})})
 
 
+def order_average(batch_losses: np.ndarray | torch.Tensor, *, sigma: float = float("nan"),
+                  meta: dict | None = None) -> DeltaCurve:
+    """E_π[Δ_k], Monte Carlo Δ_k averaged exactly over all N! batch orders π, from a [T, N] loss matrix.
+
+    For one θ, drawing the batches in a uniformly random order is sampling ℓ_1..ℓ_N without replacement; with
+    s² = (1/N) Σ_i (ℓ_i − ℓ̄)² the between-batch variance, Var ℓ_i = s² and Cov(ℓ_i, ℓ_j) = −s²/(N − 1), so
+    L_{k+1} − L_k = (ℓ_{k+1} − L_k)/(k + 1) has mean 0 and E_π[(ℓ_{k+1} − L_k)²] = s² N (k + 1) / (k (N − 1)):
+
+        E_π[Δ_k] = N/(N − 1) · V̄ / (k (k + 1)),   V̄ = (1/T) Σ_t s²(θ_t).
+
+    So for a random order Δ_k·k(k+1) is flat in k; what a measured curve adds is the order actually used.
+    stderr = std_t / √T of the per-θ terms (NaN for T = 1).
+
+    Args:
+        batch_losses: [T, N] per-batch losses ℓ_i(w* + Pθ_t), T ≥ 1 draws, N ≥ 2 batches.
+        sigma: the σ the θ_t were drawn with (stored, not used).
+        meta: extra settings stored in ``curve.meta`` after ``{"samples": T}``.
+
+    Returns:
+        A :class:`DeltaCurve` labelled "average over batch orders", k = 1..N−1, float64 ``delta`` and
+        ``stderr``.
+
+    Raises:
+        ValueError: if ``batch_losses`` is not a [T, N] matrix with N ≥ 2.
+
+    Example:
+        Two batches with losses 0 and 2: either order gives (L_2 − L_1)² = 1.
+
+        >>> order_average(np.array([[0.0, 2.0]])).delta.tolist()
+        [1.0]
+    """
+    losses = _float64(batch_losses, "batch_losses")
+    if losses.dim() != 2 or losses.shape[1] < 2:
+        raise ValueError(f"batch_losses must be a [T, N] matrix with N >= 2, got shape {list(losses.shape)}")
+    T, N = losses.shape
+    variance = losses.var(1, correction=0)  # s²(θ_t), the between-batch variance
+    k = torch.arange(1, N, dtype=torch.float64)
+    terms = N / (N - 1) * variance[:, None] / (k * (k + 1))  # [T, N − 1]
+    delta = terms.mean(0)
+    stderr = terms.std(0, correction=1) / np.sqrt(T) if T > 1 else torch.full_like(delta, float("nan"))
+    return DeltaCurve(k.long().numpy(), delta.numpy(), stderr.numpy(), ORDER_AVERAGE_LABEL, float(sigma),
+                      {"samples": T, **(meta or {})})
+
+
 def delta_monte_carlo(
     objective: Objective,
     P: torch.Tensor,
@@ -235,29 +286,31 @@ def delta_monte_carlo(
     return delta_from_losses(losses, sigma=sigma, meta={"seed": seed, "D": P.shape[1]})
 
 
-def delta_from_curvature(curvature: ProjectedCurvature, sigma: float, formula: Formula) -> DeltaCurve:
+def delta_from_curvature(curvature: ProjectedCurvature, sigma: float,
+                         formula: Literal["paper_subspace", "second_order"]) -> DeltaCurve:
     """Closed-form Δ_k, k = 1..N−1, from per-batch terms, via prefix means L_k, Pᵀ∇L_k, PᵀH_kP.
 
     H_k = (1/k) Σ_{i≤k} ∇²ℓ_i(w*), and likewise for L_k and ∇L_k; all k come from one cumulative sum.
 
     ``"second_order"``: with a_k = L_{k+1} − L_k, c_k = Pᵀ(∇L_{k+1} − ∇L_k), B_k = Pᵀ(H_{k+1} − H_k)P (full D×D),
         Δ_k ≈ a_k² + σ²‖c_k‖² + a_k σ² tr B_k + σ⁴/4 (2 tr B_k² + (tr B_k)²), exact for a quadratic loss.
-    ``"paper"`` (Theorem 1): with λ_k the eigenvalues of PᵀH_kP (the Rayleigh–Ritz estimates of the top-D
-        eigenvalues of H_k), sorted descending, Δλ = λ_{k+1} − λ_k:
-        Δ_k ≈ σ⁴/4 (2 Σ_d Δλ_d² + (Σ_d Δλ_d)²).
+    ``"paper_subspace"`` (Theorem 1 inside the fixed subspace): with λ_k the eigenvalues of PᵀH_kP (the
+        Rayleigh–Ritz estimates of the top-D eigenvalues of H_k in span P), sorted descending, Δλ = λ_{k+1} − λ_k:
+        Δ_k ≈ σ⁴/4 (2 Σ_d Δλ_d² + (Σ_d Δλ_d)²). The paper's own definition, with the top-D eigenvalues of every
+        H_k, is :func:`delta_from_eigenvalues` (``formula="paper"`` of :func:`delta_theory`).
 
     Args:
         curvature: per-batch terms from :func:`~hesslib.hessian.projected_hessians`, N ≥ 2 batches, any dtype
             and device (computed in float64 on the CPU).
         sigma: σ, a finite number > 0.
-        formula: ``"second_order"`` or ``"paper"``.
+        formula: ``"second_order"`` or ``"paper_subspace"``.
 
     Returns:
         A :class:`DeltaCurve` with k = 1..N−1, float64 ``delta``, zero ``stderr``, the formula's label, and
         ``meta`` holding ``formula`` and ``D``.
 
     Raises:
-        ValueError: if ``sigma`` is not a finite number > 0, ``formula`` is unknown, or N < 2.
+        ValueError: if ``sigma`` is not a finite number > 0, ``formula`` is not one of the two, or N < 2.
 
     Example:
         With D = 1, a constant loss and gradient, both formulas give 3σ⁴/4 (H_{k+1} − H_k)²:
@@ -265,18 +318,20 @@ def delta_from_curvature(curvature: ProjectedCurvature, sigma: float, formula: F
         >>> c = ProjectedCurvature(torch.ones(3), torch.zeros(3, 1), torch.tensor([[[2.0]], [[0.0]], [[1.0]]]))
         >>> delta_from_curvature(c, 1.0, "second_order").delta.tolist()
         [0.75, 0.0]
-        >>> delta_from_curvature(c, 1.0, "paper").delta.tolist()
+        >>> delta_from_curvature(c, 1.0, "paper_subspace").delta.tolist()
         [0.75, 0.0]
     """
     sigma = _check_sigma(sigma)
-    _check_formula(formula)
+    if formula not in CURVATURE_FORMULAS:
+        raise ValueError(f"formula must be one of {CURVATURE_FORMULAS} (the paper's own formula needs the top-D "
+                         f"eigenvalues of every H_k: delta_from_eigenvalues), got {formula!r}")
     losses, grads, hessians = (t.double().cpu() for t in (curvature.losses, curvature.grads, curvature.hessians))
     N, D = grads.shape
     if N < 2:
         raise ValueError(f"need at least 2 batches to form Δ_k, got {N}")
     counts = torch.arange(1, N + 1, dtype=torch.float64)
     H = hessians.cumsum(0) / counts[:, None, None]  # PᵀH_kP
-    if formula == "paper":
+    if formula == "paper_subspace":
         lam = torch.linalg.eigvalsh(0.5 * (H + H.transpose(1, 2))).flip(-1)
         dlam = lam[1:] - lam[:-1]
         delta = sigma**4 / 4 * (2 * (dlam**2).sum(1) + dlam.sum(1) ** 2)
@@ -291,6 +346,75 @@ def delta_from_curvature(curvature: ProjectedCurvature, sigma: float, formula: F
                       {"formula": formula, "D": D})
 
 
+def paper_eigenvalues(objective: Objective, D: int, *, tol: float = 1e-4, init: torch.Tensor | None = None,
+                      progress: bool = False) -> tuple[np.ndarray, int]:
+    """λ^(d)_k, the top-D eigenvalues of H_k = ∇²L_k(w*) for every k = 1..N, as the paper's Theorem 1 uses them.
+
+    H_k is the Hessian of the objective restricted to its first k batches (:meth:`Objective.prefix
+    <hesslib.hessian.Objective.prefix>`); its top-D eigenpairs come from :func:`~hesslib.eigen.top_eigenpairs`
+    (block Lanczos to relative residual ``tol``), each solve warm-started from the eigenvectors of H_{k−1}
+    (and from ``init`` for k = 1). The original code recomputed them per k with power iteration.
+
+    Args:
+        objective: the loss over all N ≥ 2 batches, at w*.
+        D: how many eigenvalues per k, an int in [1, M − 1].
+        tol: the relative residual of every solve, > 0.
+        init: optional starting vectors [M, j] for k = 1 (e.g. the top eigenvectors of H_N).
+        progress: show a progress bar over k.
+
+    Returns:
+        (eigenvalues, hvps): a float64 array [N, D] whose row k − 1 holds λ^(1)_k ≥ … ≥ λ^(D)_k, and the
+        Hessian-vector products used (a product with H_k costs k/N of a full-data product).
+
+    Raises:
+        ValueError: if the objective has fewer than 2 batches, or as :func:`~hesslib.eigen.top_eigenpairs`.
+    """
+    from .eigen import top_eigenpairs
+
+    N = objective.num_batches
+    if N < 2:
+        raise ValueError(f"need at least 2 batches to form Δ_k, got num_batches={N}")
+    eigenvalues = np.zeros((N, D))
+    hvps, vectors = 0, init
+    for k in tqdm(range(1, N + 1), desc="top eigenvalues of every H_k", unit="k", disable=not progress):
+        result = top_eigenpairs(objective if k == N else objective.prefix(k), D, tol=tol, init=vectors)
+        eigenvalues[k - 1] = result.eigenvalues.double().cpu().numpy()
+        vectors, hvps = result.eigenvectors, hvps + result.num_hvps
+    return eigenvalues, hvps
+
+
+def delta_from_eigenvalues(eigenvalues: np.ndarray, sigma: float) -> DeltaCurve:
+    """The paper's Theorem 1 from the top-D eigenvalues of every H_k (:func:`paper_eigenvalues`).
+
+    Δ_k ≈ σ⁴/4 (2 Σ_d (λ^(d)_{k+1} − λ^(d)_k)² + (Σ_d (λ^(d)_{k+1} − λ^(d)_k))²), k = 1..N−1. It assumes that w*
+    minimises every L_k, that L_{k+1}(w*) = L_k(w*) and that the eigenvectors do not move with k; the paper calls
+    it an upper bound, without proof.
+
+    Args:
+        eigenvalues: [N, D], row k − 1 the top-D eigenvalues of H_k in descending order; N ≥ 2.
+        sigma: σ, a finite number > 0.
+
+    Returns:
+        A :class:`DeltaCurve` with k = 1..N−1, zero ``stderr``, label "paper's formula", ``meta["formula"] =
+        "paper"``.
+
+    Raises:
+        ValueError: if ``sigma`` is not a finite number > 0 or ``eigenvalues`` is not [N, D] with N ≥ 2.
+
+    Example:
+        >>> delta_from_eigenvalues(np.array([[2.0], [1.0], [1.0]]), 1.0).delta.tolist()
+        [0.75, 0.0]
+    """
+    sigma = _check_sigma(sigma)
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    if lam.ndim != 2 or lam.shape[0] < 2:
+        raise ValueError(f"eigenvalues must be [N, D] with N >= 2, got shape {list(lam.shape)}")
+    dlam = np.diff(lam, axis=0)
+    delta = sigma**4 / 4 * (2 * (dlam**2).sum(1) + dlam.sum(1) ** 2)
+    return DeltaCurve(np.arange(1, lam.shape[0]), delta, np.zeros(len(delta)), FORMULA_LABELS["paper"], sigma,
+                      {"formula": "paper", "D": lam.shape[1]})
+
+
 def delta_theory(
     objective: Objective,
     P: torch.Tensor,
@@ -298,16 +422,22 @@ def delta_theory(
     sigma: float,
     formula: Formula = "second_order",
     curvature: ProjectedCurvature | None = None,
+    eigenvalues: np.ndarray | None = None,
 ) -> DeltaCurve:
-    """Closed-form Δ_k for every k (:func:`delta_from_curvature`) from ONE pass of :func:`projected_hessians`.
+    """Closed-form Δ_k for every k.
+
+    ``"second_order"`` and ``"paper_subspace"`` come from ONE pass of :func:`projected_hessians` over the data
+    (:func:`delta_from_curvature`); ``"paper"`` needs the top-D eigenvalues of every H_k (D = P's columns), N
+    warm-started eigen-solves (:func:`paper_eigenvalues`, started from P), then :func:`delta_from_eigenvalues`.
 
     Args:
         objective: the loss, its N ≥ 2 batches and w*.
         P: the subspace basis [M, D], D ≥ 1, in the objective's dtype on its device.
         sigma: σ of θ ~ N(0, σ² I_D), a finite number > 0.
-        formula: ``"second_order"`` (default) or ``"paper"`` (see :func:`delta_from_curvature`).
+        formula: ``"second_order"`` (default), ``"paper_subspace"`` or ``"paper"``.
         curvature: reuse these per-batch terms instead of computing them; they must come from this objective
             and P (not checked; P is still validated).
+        eigenvalues: for ``"paper"``, reuse these [N, D] eigenvalues instead of solving for them.
 
     Returns:
         A :class:`DeltaCurve` with k = 1..N−1 and zero ``stderr``.
@@ -319,6 +449,10 @@ def delta_theory(
     sigma = _check_sigma(sigma)
     _check_formula(formula)
     P = _check_P(objective, P)
+    if formula == "paper":
+        if eigenvalues is None:
+            eigenvalues, _ = paper_eigenvalues(objective, P.shape[1], init=P)
+        return delta_from_eigenvalues(eigenvalues, sigma)
     curvature = projected_hessians(objective, P) if curvature is None else curvature
     return delta_from_curvature(curvature, sigma, formula)
 

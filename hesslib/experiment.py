@@ -7,6 +7,7 @@ configuration (training, analysis batch size, directions, σ, samples, seeds, li
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -18,12 +19,21 @@ import torch
 from .cache import DEFAULT_CACHE_DIR, cached, project_root
 from .data import load_dataset
 from .eigen import EigenMethod, EigenResult, top_eigenpairs
-from .estimators import DeltaCurve, Formula, delta_from_curvature, delta_from_losses, gaussian_thetas
+from .estimators import (
+    DeltaCurve,
+    Formula,
+    delta_from_curvature,
+    delta_from_eigenvalues,
+    delta_from_losses,
+    gaussian_thetas,
+    order_average,
+    paper_eigenvalues,
+)
 from .hessian import Objective, ProjectedCurvature, projected_hessians
 from .subspace import grid_thetas, random_directions, subspace_losses
 from .training import train
 
-Directions = Literal["hessian", "random"]
+Directions = Literal["hessian", "random", "random_orthonormal"]
 DIRECTIONS: tuple[str, ...] = get_args(Directions)
 
 
@@ -33,9 +43,11 @@ class Experiment:
 
     Building one trains w* with :func:`~hesslib.training.train` (or loads it from ``cache_dir``), loads the data
     in its fixed order and builds the :class:`~hesslib.hessian.Objective` over N = ceil(n / B) batches. Every
-    method that names a subspace takes ``directions``: ``"hessian"`` (the top-D eigenvectors of H_N(w*)) or
-    ``"random"`` (filter-normalised, orthonormalised Gaussian directions drawn with ``direction_seed``); Monte
-    Carlo θ are drawn with ``mc_seed``, independently of the directions.
+    method that names a subspace takes ``directions``: ``"hessian"`` (the top-D eigenvectors of H_N(w*)),
+    ``"random"`` (the paper's baseline: Gaussian directions filter-normalised to the filters of w*, biases zeroed,
+    NOT orthonormalised, so each is about as long as w*) or ``"random_orthonormal"`` (the same, then
+    orthonormalised: unit steps, comparable with eigenvectors), drawn with ``direction_seed``; Monte Carlo θ are
+    drawn with ``mc_seed``, independently of the directions.
 
     Args:
         dataset: a name accepted by :func:`~hesslib.data.load_dataset`.
@@ -133,7 +145,10 @@ class Experiment:
         """What identifies P: the family, D, and the seed of random directions (Hessian ones have none)."""
         if directions not in DIRECTIONS:
             raise ValueError(f"directions must be one of {DIRECTIONS}, got {directions!r}")
-        return dict(directions=directions, D=D, direction_seed=direction_seed if directions == "random" else None)
+        if directions == "hessian":
+            return dict(directions=directions, D=D, direction_seed=None)
+        return dict(directions=directions, D=D, direction_seed=direction_seed,
+                    orthonormal=directions == "random_orthonormal")
 
     # ---- directions ------------------------------------------------------------------------------------
     def eigenpairs(self, d: int, *, tol: float = 1e-4, method: EigenMethod = "lanczos",
@@ -156,17 +171,15 @@ class Experiment:
                             lambda: top_eigenpairs(self.objective, d, tol=tol, method=method, seed=solver_seed,
                                                    progress=self.progress))
 
-    def basis(self, directions: Directions, D: int, *, direction_seed: int = 0,
-              orthonormalize: bool = True) -> torch.Tensor:
+    def basis(self, directions: Directions, D: int, *, direction_seed: int = 0) -> torch.Tensor:
         """The subspace basis P [M, D] of w = w* + Pθ.
 
         Args:
-            directions: ``"hessian"`` (the top-D eigenvectors of H, cached) or ``"random"``
-                (filter-normalised Gaussian directions).
-            D: the subspace dimension (an int in [1, M − 1] for ``"hessian"``, [1, M] for ``"random"``).
+            directions: ``"hessian"`` (the top-D eigenvectors of H, cached), ``"random"`` (filter-normalised
+                Gaussian directions at the paper's scale) or ``"random_orthonormal"`` (the same, orthonormalised,
+                so σ means the same step length as for eigenvectors).
+            D: the subspace dimension (an int in [1, M − 1] for ``"hessian"``, [1, M] for random ones).
             direction_seed: seeds random directions (ignored for ``"hessian"``).
-            orthonormalize: orthonormalise random directions (default, so both families have unit-norm,
-                orthogonal columns and σ means the same step length); ignored for ``"hessian"``.
 
         Returns:
             P [M, D] in the objective's dtype on its device.
@@ -177,7 +190,8 @@ class Experiment:
         self._subspace_key(directions, D, direction_seed)
         if directions == "hessian":
             return self.eigenpairs(D).eigenvectors
-        return random_directions(self.objective, D, seed=direction_seed, orthonormalize=orthonormalize)
+        return random_directions(self.objective, D, seed=direction_seed,
+                                 orthonormalize=directions == "random_orthonormal")
 
     # ---- landscapes and estimators ---------------------------------------------------------------------
     def loss_matrix(self, directions: Directions, D: int, *, sigma: float, samples: int, direction_seed: int = 0,
@@ -185,7 +199,7 @@ class Experiment:
         """The per-batch losses ℓ_i(w* + Pθ_t), θ_t ~ N(0, σ² I_D) for t = 1..T (cached).
 
         Args:
-            directions: ``"hessian"`` or ``"random"`` (see :meth:`basis`).
+            directions: ``"hessian"``, ``"random"`` or ``"random_orthonormal"`` (see :meth:`basis`).
             D: the subspace dimension.
             sigma: σ (not validated here; > 0 is the intended use).
             samples: T, the number of θ.
@@ -208,7 +222,7 @@ class Experiment:
         """Monte Carlo Δ_k = E_θ[(L_{k+1}(w* + Pθ) − L_k(w* + Pθ))²] from the cached loss matrix.
 
         Args:
-            directions: ``"hessian"`` or ``"random"`` (see :meth:`basis`).
+            directions: ``"hessian"``, ``"random"`` or ``"random_orthonormal"`` (see :meth:`basis`).
             D: the subspace dimension.
             sigma: σ of θ ~ N(0, σ² I_D).
             samples: T, the number of θ (≥ 2 for a standard error).
@@ -227,11 +241,34 @@ class Experiment:
         return delta_from_losses(losses, sigma=sigma, meta=dict(
             self._subspace_key(directions, D, direction_seed), seed=mc_seed))
 
+    def order_average(self, directions: Directions, D: int, *, sigma: float, samples: int, direction_seed: int = 0,
+                      mc_seed: int = 0) -> DeltaCurve:
+        """E_π[Δ_k] over all batch orders (:func:`~hesslib.estimators.order_average`) from the cached loss matrix.
+
+        Args:
+            directions: ``"hessian"``, ``"random"`` or ``"random_orthonormal"`` (see :meth:`basis`).
+            D: the subspace dimension.
+            sigma: σ of θ ~ N(0, σ² I_D).
+            samples: T, the number of θ.
+            direction_seed: seeds random directions.
+            mc_seed: seeds the draw of θ.
+
+        Returns:
+            A :class:`~hesslib.estimators.DeltaCurve`, k = 1..N−1, on the same θ as :meth:`monte_carlo`.
+
+        Raises:
+            ValueError: if ``directions`` is unknown or ``D`` is out of range.
+        """
+        losses = self.loss_matrix(directions, D, sigma=sigma, samples=samples, direction_seed=direction_seed,
+                                  mc_seed=mc_seed)
+        return order_average(losses, sigma=sigma, meta=dict(self._subspace_key(directions, D, direction_seed),
+                                                            seed=mc_seed))
+
     def curvature(self, directions: Directions, D: int, *, direction_seed: int = 0) -> ProjectedCurvature:
         """Per-batch ℓ_i(w*), Pᵀ∇ℓ_i(w*), Pᵀ∇²ℓ_i(w*)P (:func:`~hesslib.hessian.projected_hessians`, cached).
 
         Args:
-            directions: ``"hessian"`` or ``"random"`` (see :meth:`basis`).
+            directions: ``"hessian"``, ``"random"`` or ``"random_orthonormal"`` (see :meth:`basis`).
             D: the subspace dimension.
             direction_seed: seeds random directions.
 
@@ -245,15 +282,38 @@ class Experiment:
                             lambda: projected_hessians(self.objective,
                                                        self.basis(directions, D, direction_seed=direction_seed)))
 
-    def theory(self, directions: Directions, D: int, *, sigma: float, formula: Formula = "second_order",
-               direction_seed: int = 0) -> DeltaCurve:
-        """Closed-form Δ_k (:func:`~hesslib.estimators.delta_from_curvature`) from the cached curvature.
+    def paper_eigenvalues(self, D: int, *, tol: float = 1e-4) -> dict:
+        """The top-D eigenvalues of every H_k (:func:`~hesslib.estimators.paper_eigenvalues`), cached.
 
         Args:
-            directions: ``"hessian"`` or ``"random"`` (see :meth:`basis`).
+            D: how many per k, an int in [1, M − 1].
+            tol: the relative residual of every solve, > 0.
+
+        Returns:
+            A dict with ``eigenvalues`` (float64 [N, D]), ``hvps`` (the products used) and ``seconds`` (the wall
+            time of the N solves when they were computed).
+        """
+        def compute() -> dict:
+            start = time.perf_counter()
+            eigenvalues, hvps = paper_eigenvalues(self.objective, D, tol=tol, init=self.eigenpairs(D).eigenvectors,
+                                                  progress=self.progress)
+            return dict(eigenvalues=eigenvalues, hvps=hvps, seconds=time.perf_counter() - start)
+
+        return self._cached("paper-eigenvalues", dict(D=D, tol=tol), compute)
+
+    def theory(self, directions: Directions, D: int, *, sigma: float, formula: Formula = "second_order",
+               direction_seed: int = 0) -> DeltaCurve:
+        """Closed-form Δ_k from cached curvature or, for the paper's own formula, cached eigenvalues.
+
+        ``"second_order"`` and ``"paper_subspace"``: :func:`~hesslib.estimators.delta_from_curvature` of the
+        per-batch curvature in the subspace. ``"paper"``: :func:`~hesslib.estimators.delta_from_eigenvalues` of
+        the top-D eigenvalues of every H_k (:meth:`paper_eigenvalues`), which do not depend on the directions.
+
+        Args:
+            directions: the subspace family (see :meth:`basis`).
             D: the subspace dimension.
             sigma: σ of θ ~ N(0, σ² I_D), a finite number > 0.
-            formula: ``"second_order"`` or ``"paper"``.
+            formula: ``"second_order"``, ``"paper_subspace"`` or ``"paper"``.
             direction_seed: seeds random directions.
 
         Returns:
@@ -263,8 +323,13 @@ class Experiment:
             ValueError: if ``directions`` or ``formula`` is unknown, ``D`` is out of range, ``sigma`` is not a
                 finite number > 0, or there are fewer than 2 batches.
         """
-        curve = delta_from_curvature(self.curvature(directions, D, direction_seed=direction_seed), sigma, formula)
-        curve.meta.update(self._subspace_key(directions, D, direction_seed))
+        key = self._subspace_key(directions, D, direction_seed)
+        if formula == "paper":
+            curve = delta_from_eigenvalues(self.paper_eigenvalues(D)["eigenvalues"], sigma)
+        else:
+            curve = delta_from_curvature(self.curvature(directions, D, direction_seed=direction_seed), sigma,
+                                         formula)
+        curve.meta.update(key)
         return curve
 
     def surface(self, directions: Directions, *, extent: float, points: int,
@@ -274,7 +339,7 @@ class Experiment:
         P is the basis of D = 2 directions of the family; read the result with :mod:`hesslib.surfaces`.
 
         Args:
-            directions: ``"hessian"`` or ``"random"`` (see :meth:`basis`).
+            directions: ``"hessian"``, ``"random"`` or ``"random_orthonormal"`` (see :meth:`basis`).
             extent: the half-width of the grid, > 0.
             points: the points per axis, ≥ 2.
             direction_seed: seeds random directions.

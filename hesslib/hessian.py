@@ -154,6 +154,30 @@ class Objective:
         n, c = self.num_samples, self.chunk_size
         return [slice(s, min(s + c, n)) for s in range(0, n, c)]
 
+    def prefix(self, k: int) -> Objective:
+        """L_k: the same objective restricted to its first k batches (same w*, batch size, loss, dtype, device).
+
+        Its Hessian is H_k = (1/k) Σ_{i≤k} ∇²ℓ_i(w*), as in the paper's Theorem 1.
+
+        Args:
+            k: the number of batches, an int in [1, N].
+
+        Returns:
+            An :class:`Objective` with ``num_batches == k`` (``self`` itself for k = N).
+
+        Raises:
+            ValueError: if ``k`` is not in [1, N].
+        """
+        if not isinstance(k, int) or not 1 <= k <= self.num_batches:
+            raise ValueError(f"k must be an integer in [1, {self.num_batches}] (N = num_batches), got {k!r}")
+        if k == self.num_batches:
+            return self
+        n = k * self.batch_size
+        part = Objective(self.model, self.X[:n], self.y[:n], batch_size=self.batch_size, loss=self.loss,
+                         dtype=self.dtype, device=self.device, chunk_size=self.chunk_size)
+        part.params = self.params  # w* as this objective holds it
+        return part
+
     # ---- losses ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def batch_losses(self, w: torch.Tensor | None = None) -> torch.Tensor:

@@ -20,7 +20,14 @@ from tqdm import tqdm  # plain text bars: no widget warnings in rendered noteboo
 
 from .data import Dataset
 from .eigen import top_eigenpairs
-from .estimators import FORMULAS, DeltaCurve, Formula, delta_from_curvature, sufficient_sample_size
+from .estimators import (
+    FORMULAS,
+    DeltaCurve,
+    Formula,
+    delta_from_curvature,
+    delta_from_eigenvalues,
+    sufficient_sample_size,
+)
 from .hessian import Objective, projected_hessians
 from .losses import Loss, check_loss, per_sample_loss
 from .models import make_model
@@ -38,7 +45,8 @@ class OnlineStopping:
         tol: the tolerance Δ, > 0.
         patience: how many consecutive estimates must be below ``tol``, an int ≥ 1.
         loss: ``"cross_entropy"`` or ``"mse"``.
-        formula: ``"second_order"`` or ``"paper"`` (see :func:`~hesslib.estimators.delta_from_curvature`).
+        formula: ``"second_order"``, ``"paper_subspace"`` (see :func:`~hesslib.estimators.delta_from_curvature`)
+            or ``"paper"`` (:func:`~hesslib.estimators.delta_from_eigenvalues`; one more eigen-solve per update).
         eig_tol: the relative residual of the eigen-solve, > 0.
 
     Attributes:
@@ -134,8 +142,15 @@ class OnlineStopping:
         init = self.basis if self.basis is not None and self.basis.shape == (objective.num_params, D) else None
         eig = top_eigenpairs(objective, D, tol=self.eig_tol, init=init, seed=len(self.ks))
         self.basis, self.hvps = eig.eigenvectors, self.hvps + eig.num_hvps
-        curvature = projected_hessians(objective, self.basis)
-        delta = float(delta_from_curvature(curvature, self.sigma, self.formula).delta[-1])
+        if self.formula == "paper":  # the top-D eigenvalues of H_k and H_{k+1}, both at the current weights
+            k = objective.num_batches - 1
+            previous = top_eigenpairs(objective.prefix(k), D, tol=self.eig_tol, init=self.basis, seed=len(self.ks))
+            self.hvps += previous.num_hvps
+            pair = torch.stack([previous.eigenvalues, eig.eigenvalues]).double().cpu().numpy()
+            delta = float(delta_from_eigenvalues(pair, self.sigma).delta[-1])
+        else:
+            curvature = projected_hessians(objective, self.basis)
+            delta = float(delta_from_curvature(curvature, self.sigma, self.formula).delta[-1])
         self.ks.append(self.num_batches - 1)
         self.deltas.append(delta)
         return delta

@@ -93,11 +93,11 @@ def _synthetic_curvature(N=12, D=3, seed=0, losses=False, grads=False, offdiag=F
 def test_paper_formula_equals_second_order_only_when_its_assumptions_hold():
     sigma = 0.8
     exact = _synthetic_curvature()  # a_k = 0, c_k = 0, diagonal B_k, no eigenvalue crossings
-    np.testing.assert_allclose(delta_from_curvature(exact, sigma, "paper").delta,
+    np.testing.assert_allclose(delta_from_curvature(exact, sigma, "paper_subspace").delta,
                                delta_from_curvature(exact, sigma, "second_order").delta, rtol=1e-12)
     for broken in (dict(losses=True), dict(grads=True), dict(offdiag=True)):
         curv = _synthetic_curvature(**broken)
-        paper = delta_from_curvature(curv, sigma, "paper").delta
+        paper = delta_from_curvature(curv, sigma, "paper_subspace").delta
         second = delta_from_curvature(curv, sigma, "second_order").delta
         assert np.max(np.abs(paper - second) / second) > 0.05, broken
 
@@ -210,3 +210,23 @@ def test_settling_envelope_and_sample_size_curve():
     assert first_below(delta, 1.0) == 2 and sufficient_sample_size(delta, 1.0) == 4  # the dip at k = 2 is not K
     # Δ ± 2 s.e.: Δ + 0.1 at tol 0.35 never settles (0.3 + 0.1 > 0.35), Δ − 0.1 settles at k = 4
     assert np.isnan(sample_size_curve(curve, [0.35], z=2.0)[0]) and sample_size_curve(curve, [0.35], z=-2.0)[0] == 4
+
+
+# ---- the average over batch orders ------------------------------------------------------------------------------
+def test_order_average_equals_the_brute_force_average_over_all_orders():
+    import itertools
+
+    from hesslib import delta_from_losses, order_average
+
+    rng = np.random.default_rng(0)
+    losses = rng.gamma(2.0, size=(3, 5))  # T = 3 draws of θ, N = 5 batches: 120 orders
+    orders = list(itertools.permutations(range(5)))
+    brute = np.mean([delta_from_losses(losses[:, list(order)]).delta for order in orders], axis=0)
+    curve = order_average(losses, sigma=0.5)
+    np.testing.assert_allclose(curve.delta, brute, rtol=1e-12)
+    assert curve.k.tolist() == [1, 2, 3, 4] and curve.sigma == 0.5 and curve.meta["samples"] == 3
+    # Δ_k · k(k+1) is flat, at N/(N−1) times the mean between-batch variance
+    np.testing.assert_allclose(curve.delta * curve.k * (curve.k + 1), 5 / 4 * losses.var(1).mean(), rtol=1e-12)
+    assert np.all(curve.stderr > 0)
+    with pytest.raises(ValueError, match=r"batch_losses must be a \[T, N\] matrix with N >= 2"):
+        order_average(losses[:, :1])

@@ -7,6 +7,7 @@ import torch
 import hesslib.experiment
 from hesslib import Experiment, delta_monte_carlo, delta_theory
 from hesslib.cache import cached, config_key, project_root
+from hesslib.estimators import delta_from_eigenvalues
 
 TINY = dict(dataset="digits", limit=192, model="mlp", hidden=(8,), epochs=1, batch_size=64, progress=False)
 
@@ -26,11 +27,17 @@ def test_monte_carlo_and_theory_equal_the_estimators_on_the_same_subspace(exp):
     direct = delta_monte_carlo(exp.objective, P, sigma=0.5, samples=8, seed=3)
     np.testing.assert_allclose(mc.delta, direct.delta, rtol=1e-6)
     assert mc.meta["directions"] == "hessian" and mc.meta["seed"] == 3 and mc.meta["samples"] == 8
-    theory = exp.theory("random", 2, sigma=0.5, formula="paper", direction_seed=4)
+    theory = exp.theory("random", 2, sigma=0.5, formula="paper_subspace", direction_seed=4)
     P_random = exp.basis("random", 2, direction_seed=4)
-    np.testing.assert_allclose(theory.delta, delta_theory(exp.objective, P_random, sigma=0.5, formula="paper").delta,
-                               rtol=1e-6)
-    assert theory.label == "paper's formula" and theory.meta["direction_seed"] == 4
+    np.testing.assert_allclose(theory.delta, delta_theory(exp.objective, P_random, sigma=0.5,
+                                                          formula="paper_subspace").delta, rtol=1e-6)
+    assert theory.label == "paper's formula, fixed subspace" and theory.meta["direction_seed"] == 4
+    # the paper's own formula: the cached top-2 eigenvalues of every H_k, whatever the directions
+    cached = exp.paper_eigenvalues(2)
+    assert cached["eigenvalues"].shape == (exp.objective.num_batches, 2) and cached["hvps"] > 0
+    paper = exp.theory("hessian", 2, sigma=0.5, formula="paper")
+    np.testing.assert_array_equal(paper.delta, delta_from_eigenvalues(cached["eigenvalues"], 0.5).delta)
+    np.testing.assert_array_equal(exp.theory("random", 2, sigma=0.5, formula="paper").delta, paper.delta)
 
 
 def test_cache_hits_recompute_nothing_and_keys_separate_every_setting(exp, monkeypatch):

@@ -156,3 +156,32 @@ def test_bad_input_raises_clear_errors():
         obj.hvp(torch.randn(M, 2, dtype=F64, device="meta"))
     with pytest.raises(ValueError, match=r"batch_size must be in \[1, 44\]"):
         Objective(obj.model, obj.X, obj.y, batch_size=0)
+
+
+# ---- the paper's formula with the eigenvalues of every H_k -------------------------------------------------------
+def test_paper_formula_uses_the_top_eigenvalues_of_every_H_k():
+    from hesslib import delta_theory
+    from hesslib.estimators import paper_eigenvalues
+
+    obj = _tiny("mlp", n=40, batch_size=8)  # N = 5 full batches
+    D, sigma = 3, 0.7
+    dense = [sum(hessian(_batch_loss(obj, i))(obj.params) for i in range(k)) / k for k in range(1, 6)]
+    lam = torch.stack([torch.linalg.eigvalsh(H).flip(0)[:D] for H in dense]).numpy()  # top-D, descending
+    dlam = np.diff(lam, axis=0)
+    expected = sigma**4 / 4 * (2 * (dlam**2).sum(1) + dlam.sum(1) ** 2)
+    eigenvalues, hvps = paper_eigenvalues(obj, D, tol=1e-10)
+    np.testing.assert_allclose(eigenvalues, lam, rtol=1e-7, atol=1e-12)
+    assert hvps > 5 * D
+    P = torch.linalg.eigh(dense[-1])[1][:, -D:]
+    paper = delta_theory(obj, P, sigma=sigma, formula="paper")
+    np.testing.assert_allclose(paper.delta, expected, rtol=1e-5)
+    assert paper.label == "paper's formula" and paper.meta["formula"] == "paper"
+    # the fixed-subspace variant uses the eigenvalues of PᵀH_kP instead: today's values, and different ones
+    ritz = torch.stack([torch.linalg.eigvalsh(P.T @ H @ P).flip(0) for H in dense]).numpy()
+    dritz = np.diff(ritz, axis=0)
+    subspace = delta_theory(obj, P, sigma=sigma, formula="paper_subspace")
+    np.testing.assert_allclose(subspace.delta, sigma**4 / 4 * (2 * (dritz**2).sum(1) + dritz.sum(1) ** 2), rtol=1e-8)
+    assert np.max(np.abs(subspace.delta - paper.delta) / paper.delta) > 1e-3
+    with pytest.raises(ValueError, match="k must be an integer in"):
+        obj.prefix(0)
+    assert obj.prefix(5) is obj and obj.prefix(2).num_batches == 2
