@@ -20,6 +20,7 @@ from .estimators import (  # noqa: E402
     delta_from_curvature,
     delta_from_losses,
     delta_monte_carlo,
+    delta_over_orders,
     delta_ratio,
     delta_theory,
     delta_unperturbed,
@@ -56,7 +57,7 @@ __all__ = [
     "random_directions", "gaussian_thetas", "grid_thetas", "subspace_losses",
     # Δ_k: its pieces, Monte Carlo and closed forms
     "DeltaCurve", "prefix_means", "loss_changes", "delta_from_losses", "delta_monte_carlo", "delta_from_curvature",
-    "delta_theory", "delta_unperturbed", "order_average",
+    "delta_theory", "delta_unperturbed", "order_average", "delta_over_orders",
     # reading Δ_k curves: K, slopes, agreement
     "sufficient_sample_size", "sample_size_curve", "first_below", "format_K", "loglog_slope",
     "compare_to_reference", "delta_ratio", "fit_against",

@@ -3,7 +3,8 @@
 * the pieces: :func:`prefix_means` (L_k = (1/k) Σ_{i≤k} ℓ_i) and :func:`loss_changes`
   (L_{k+1} − L_k = (ℓ_{k+1} − L_k)/(k+1)), the one place where either is computed;
 * :func:`delta_monte_carlo` / :func:`delta_from_losses`: ground truth from one [T, N] matrix of per-batch losses;
-  :func:`order_average`: its exact expectation over all batch orders;
+  :func:`order_average`: its exact expectation over all batch orders; :func:`delta_over_orders`: Δ_k for
+  random batch orders;
 * :func:`delta_theory`: closed forms. ``formula="second_order"`` (the exact Gaussian moments of the
   second-order expansion) and ``"paper_subspace"`` (the paper's Theorem 1 with the eigenvalues of PᵀH_kP) come
   from prefix sums of per-batch projected curvature (:func:`delta_from_curvature`); ``"paper"`` (Theorem 1 as the
@@ -245,6 +246,42 @@ def order_average(batch_losses: np.ndarray | torch.Tensor, *, sigma: float = flo
     stderr = terms.std(0, correction=1) / np.sqrt(T) if T > 1 else torch.full_like(delta, float("nan"))
     return DeltaCurve(k.long().numpy(), delta.numpy(), stderr.numpy(), ORDER_AVERAGE_LABEL, float(sigma),
                       {"samples": T, **(meta or {})})
+
+
+def delta_over_orders(batch_losses: np.ndarray | torch.Tensor, *, orders: int = 200, seed: int = 0,
+                      chunk: int = 16) -> np.ndarray:
+    """Monte Carlo Δ_k for ``orders`` random batch orders: :func:`delta_from_losses` of column permutations.
+
+    Each order π is a uniformly random permutation of the N batches (the same π for every θ); row j holds
+    Δ_k^{π_j} = (1/T) Σ_t (L_{k+1} − L_k)²(θ_t) with the batches taken in the order π_j. No new forward passes:
+    the [T, N] matrix is re-read. Orders are processed ``chunk`` at a time to bound memory.
+
+    Args:
+        batch_losses: [T, N] per-batch losses ℓ_i(w* + Pθ_t), T ≥ 1, N ≥ 2.
+        orders: the number of random orders, an int ≥ 1.
+        seed: seeds the permutations (a fresh CPU generator).
+        chunk: orders per vectorised step, ≥ 1.
+
+    Returns:
+        float64 [orders, N − 1]: row j, column k − 1 holds Δ_k under the j-th order.
+
+    Raises:
+        ValueError: if ``batch_losses`` is not [T, N] with N ≥ 2 or ``orders`` is not an int ≥ 1.
+
+    Example:
+        >>> delta_over_orders(np.array([[0.0, 2.0]]), orders=3).tolist()
+        [[1.0], [1.0], [1.0]]
+    """
+    losses = _float64(batch_losses, "batch_losses")
+    if losses.dim() != 2 or losses.shape[1] < 2:
+        raise ValueError(f"batch_losses must be a [T, N] matrix with N >= 2, got shape {list(losses.shape)}")
+    if not isinstance(orders, int) or orders < 1:
+        raise ValueError(f"orders must be an integer >= 1, got {orders!r}")
+    N = losses.shape[1]
+    generator = torch.Generator().manual_seed(seed)
+    perms = torch.stack([torch.randperm(N, generator=generator) for _ in range(orders)])
+    out = [(loss_changes(losses[:, part].transpose(0, 1)) ** 2).mean(1) for part in perms.split(max(1, chunk))]
+    return torch.cat(out).numpy()
 
 
 def delta_monte_carlo(
@@ -520,6 +557,33 @@ def moving_average(values: np.ndarray, window: int = 5, *, pad: str = "edge") ->
     values = np.asarray(values, dtype=float)
     padded = np.pad(values, window // 2, mode=pad)
     return np.convolve(padded, np.ones(window) / window, mode="valid")
+
+
+def rolling_median(values: np.ndarray, window: int = 5, *, pad: str = "edge") -> np.ndarray:
+    """Centred rolling median over ``window`` points, the same length as the input (ends padded with ``pad``).
+
+    A robust smoother for spiky positive ratios on log axes: unlike a moving average, one spike moves it by at
+    most one rank and it commutes with log, so it makes no false plateaus.
+
+    Args:
+        values: a 1-D array of numbers.
+        window: the number of points, an odd int ≥ 1.
+        pad: an ``np.pad`` mode for the ends.
+
+    Returns:
+        A float array of ``values``' length.
+
+    Raises:
+        ValueError: if ``window`` is not an odd int ≥ 1.
+
+    Example:
+        >>> rolling_median(np.array([1.0, 100.0, 1.0, 1.0, 2.0]), 3).tolist()
+        [1.0, 1.0, 1.0, 1.0, 2.0]
+    """
+    if not isinstance(window, int) or window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be an odd integer >= 1, got {window!r}")
+    padded = np.pad(np.asarray(values, dtype=float), window // 2, mode=pad)
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, window), axis=1)
 
 
 def loglog_slope(curve: DeltaCurve, *, k_min: int = 1, k_max: int | None = None) -> tuple[float, float]:

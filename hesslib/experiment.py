@@ -30,6 +30,7 @@ from .estimators import (
     paper_eigenvalues,
 )
 from .hessian import Objective, ProjectedCurvature, projected_hessians
+from .stopping import OnlineResult, run_online_stopping
 from .subspace import grid_thetas, random_directions, subspace_losses
 from .training import train
 
@@ -281,6 +282,25 @@ class Experiment:
         return self._cached("curvature", self._subspace_key(directions, D, direction_seed),
                             lambda: projected_hessians(self.objective,
                                                        self.basis(directions, D, direction_seed=direction_seed)))
+
+    def online_stopping(self, *, seed: int, **settings: Any) -> OnlineResult:
+        """The online rule (:func:`~hesslib.stopping.run_online_stopping`) on this data and model family, cached.
+
+        The run trains its own model from scratch (initialised with ``seed``) while revealing the batches, so it
+        does not use w*; its ``seconds`` are those of the run that computed it.
+
+        Args:
+            seed: the online run's seed (initialisation, mini-batches, Monte Carlo θ).
+            **settings: the other keyword arguments of :func:`~hesslib.stopping.run_online_stopping` (``D``,
+                ``sigma``, ``tol``, ``patience``, ``steps_per_batch``, ``max_batches``, ``monte_carlo_samples``, ...).
+
+        Returns:
+            An :class:`~hesslib.stopping.OnlineResult`.
+        """
+        settings.pop("progress", None)
+        return self._cached("online", dict(online_seed=seed, **settings), lambda: run_online_stopping(
+            self.data, model=self.model, hidden=self.hidden, channels=self.channels, batch_size=self.batch_size,
+            seed=seed, progress=self.progress, **settings))
 
     def paper_eigenvalues(self, D: int, *, tol: float = 1e-4) -> dict:
         """The top-D eigenvalues of every H_k (:func:`~hesslib.estimators.paper_eigenvalues`), cached.

@@ -57,11 +57,15 @@ def save_figure(fig: plt.Figure, name: str, folder: str | Path = "figures") -> l
     return paths
 
 
-def plot_delta(ax: plt.Axes, curves: Sequence[DeltaCurve], *, times_k2: bool = False,
+def plot_delta(ax: plt.Axes, curves: Sequence[DeltaCurve], *, times_kk1: bool = False,
                labels: Sequence[str] | None = None, colors: Sequence[str] | None = None) -> None:
-    """Δ_k (or Δ_k·k² with ``times_k2``) against k on log-log axes, with ±2 standard-error bands where known."""
+    """Δ_k (or Δ_k·k(k+1) with ``times_kk1``) against k on log-log axes, with ±2 s.e. bands where known.
+
+    Δ_k·k(k+1) is flat for the average over batch orders (:func:`~hesslib.estimators.order_average`).
+    """
     for i, curve in enumerate(curves):
-        scale = curve.k.astype(float) ** 2 if times_k2 else 1.0
+        k = curve.k.astype(float)
+        scale = k * (k + 1) if times_kk1 else 1.0
         label = labels[i] if labels is not None else curve.label
         color = colors[i] if colors is not None else None
         (line,) = ax.plot(curve.k, curve.delta * scale, label=label, color=color, lw=1.4)
@@ -72,7 +76,7 @@ def plot_delta(ax: plt.Axes, curves: Sequence[DeltaCurve], *, times_k2: bool = F
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("k (batches in the fixed order)")
-    ax.set_ylabel(r"$\Delta_k \cdot k^2$" if times_k2 else r"$\Delta_k = E_\theta[(L_{k+1}-L_k)^2]$")
+    ax.set_ylabel(r"$\Delta_k \cdot k(k+1)$" if times_kk1 else r"$\Delta_k = E_\theta[(L_{k+1}-L_k)^2]$")
 
 
 def plot_surface(ax, axis: np.ndarray, Z: np.ndarray, *, title: str, zlabel: str, vmin: float | None = None,
@@ -90,11 +94,11 @@ def plot_surface(ax, axis: np.ndarray, Z: np.ndarray, *, title: str, zlabel: str
 
 
 # ---- notebooks 04-05: power-law fits, smoothed curves, ratios, Δ_k against L_k(w*) -------------------------
-def plot_power_law(ax: plt.Axes, slope: float, C: float, k_min: float, k_max: float, *, times_k2: bool = False,
+def plot_power_law(ax: plt.Axes, slope: float, C: float, k_min: float, k_max: float, *, times_kk1: bool = False,
                    label: str | None = None, color: str = "black") -> None:
-    """A fitted power law C·k^slope (times k² with ``times_k2``) over [k_min, k_max], dashed."""
+    """A fitted power law C·k^slope (times k(k+1) with ``times_kk1``) over [k_min, k_max], dashed."""
     k = np.geomspace(k_min, k_max, 50)
-    ax.plot(k, C * k ** (slope + (2 if times_k2 else 0)), ls="--", lw=1.2, color=color, label=label)
+    ax.plot(k, C * k**slope * (k * (k + 1) if times_kk1 else 1.0), ls="--", lw=1.2, color=color, label=label)
 
 
 def plot_delta_smoothed(ax: plt.Axes, curves: Sequence[DeltaCurve], *, window: int = 5,
@@ -126,14 +130,15 @@ def plot_ratio(ax: plt.Axes, ratios: Sequence[np.ndarray], k: np.ndarray, *, lab
                colors: Sequence[str] | None = None, window: int = 5, ylabel: str = "estimate / Monte Carlo") -> None:
     """Ratios (e.g. :func:`~hesslib.estimators.delta_ratio`) against k on log-log axes, with a line at 1.
 
-    Each ratio is drawn raw (faint) and as a ``window``-point moving average (solid).
+    Each ratio is drawn raw (faint) and as a centred ``window``-point rolling median (solid;
+    :func:`~hesslib.estimators.rolling_median`: robust to the spikes of a ratio, no false plateaus on log axes).
     """
-    from .estimators import moving_average
+    from .estimators import rolling_median
 
     for i, ratio in enumerate(ratios):
         color = colors[i] if colors is not None else f"C{i}"
         ax.plot(k, ratio, color=color, lw=0.7, alpha=0.3)
-        ax.plot(k, moving_average(ratio, window), color=color, lw=1.6, label=labels[i])
+        ax.plot(k, rolling_median(ratio, window), color=color, lw=1.6, label=labels[i])
     ax.axhline(1.0, color="black", lw=1.0, ls=":")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -158,6 +163,7 @@ def plot_delta_vs_loss(ax: plt.Axes, curves: Sequence[DeltaCurve], loss: np.ndar
             label = f"{label}: slope {fit.slope:.3g}, $R^2$ = {fit.r2:.2f}"
             ax.plot(x, fit.slope * x + fit.intercept, color=color, lw=1.4)
         ax.scatter(loss[keep], curve.delta[keep], s=12, color=color, alpha=0.7, lw=0, label=label)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(4))  # long tick labels of a narrow loss range must not overlap
     ax.set_xlabel(r"$L_k(w^*)$ (mean cross-entropy over the first k batches, nats)")
     ax.set_ylabel(r"$\Delta_k$")
 
@@ -213,8 +219,11 @@ def plot_tolerance_marks(ax: plt.Axes, curve: DeltaCurve, tolerances: Sequence[f
 
 
 def plot_table(ax: plt.Axes, header: Sequence[str], cells: Sequence[Sequence[str]], *, title: str | None = None,
-               fontsize: float = 8.5) -> None:
-    """A text table (e.g. :func:`~hesslib.sample_size.table_cells`) drawn on an axis with no frame, bold header."""
+               note: str | None = None, fontsize: float = 8.5) -> None:
+    """A text table (e.g. :func:`~hesslib.sample_size.table_cells`) drawn on an axis with no frame, bold header.
+
+    ``note`` (e.g. which rows were skipped and why) is printed in small type under the table.
+    """
     ax.axis("off")
     table = ax.table(cellText=[list(c) for c in cells] or [["–"] * len(header)], colLabels=list(header),
                      loc="center", cellLoc="center")
@@ -229,6 +238,8 @@ def plot_table(ax: plt.Axes, header: Sequence[str], cells: Sequence[Sequence[str
             cell.set_facecolor("0.92")
     if title:
         ax.set_title(title)
+    if note:
+        ax.text(0.5, 0.0, note, transform=ax.transAxes, ha="center", va="top", fontsize=fontsize - 1, color="0.3")
 
 
 def plot_online_history(ax: plt.Axes, ks: Sequence[int], deltas: Sequence[float], *, tol: float,
@@ -243,7 +254,7 @@ def plot_online_history(ax: plt.Axes, ks: Sequence[int], deltas: Sequence[float]
         ax.axvspan(K - 0.5, K + patience - 0.5, color=color, alpha=0.12, lw=0,
                    label=f"K = {K}: {patience} estimates in a row below Δ")
     ax.set_yscale("log")
-    ax.set_xlabel("k (batches seen, in the fixed order)")
+    ax.set_xlabel("k (batches in the fixed order)")
     ax.set_ylabel(r"$\Delta_k$")
 
 

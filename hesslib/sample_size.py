@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .cache import DEFAULT_CACHE_DIR, cached
-from .data import load_dataset
+from .data import idx_paths, load_dataset
 from .eigen import top_eigenpairs
 from .estimators import (
     DeltaCurve,
@@ -213,8 +213,9 @@ def sample_size_table(
     for name, limit in datasets:
         try:
             load_dataset(name, root=root, limit=1)
-        except FileNotFoundError as exc:
-            skipped.append(f"{name}: skipped, {exc}")
+        except FileNotFoundError:  # the reason in a few words, with a path that does not depend on the machine
+            folder = idx_paths(name, Path(root).name, "train")[0].parent
+            skipped.append(f"{name}: skipped, its IDX files are not in {folder}/ (see data/README.md)")
             continue
         for model in models:
             rows.append(sample_size_row(name, model=model, tolerances=tolerances, limit=limit, root=root, **kwargs))

@@ -26,11 +26,14 @@ from .estimators import (
     Formula,
     delta_from_curvature,
     delta_from_eigenvalues,
+    gaussian_thetas,
+    loss_changes,
     sufficient_sample_size,
 )
 from .hessian import Objective, projected_hessians
 from .losses import Loss, check_loss, per_sample_loss
 from .models import make_model
+from .subspace import subspace_losses
 
 
 class OnlineStopping:
@@ -48,11 +51,17 @@ class OnlineStopping:
         formula: ``"second_order"``, ``"paper_subspace"`` (see :func:`~hesslib.estimators.delta_from_curvature`)
             or ``"paper"`` (:func:`~hesslib.estimators.delta_from_eigenvalues`; one more eigen-solve per update).
         eig_tol: the relative residual of the eigen-solve, > 0.
+        monte_carlo_samples: T ≥ 0; with T > 0 every update also measures Δ_k by Monte Carlo at the same weights
+            and in the same subspace (T forward passes over the k + 1 batches), the ground truth for the closed form.
+        mc_seed: seeds those θ (update j uses ``mc_seed + j``).
 
     Attributes:
         basis: P [M, D] at the latest update (None before the first).
         ks: the k of each estimate so far.
         deltas: the Δ_k estimates so far.
+        losses: L_k at the weights of each update (the mean loss of the first k batches).
+        mc_deltas, mc_stderr: the Monte Carlo Δ_k and its standard error at each update (empty without
+            ``monte_carlo_samples``).
         hvps: the Hessian-vector products spent on eigen-solves so far.
 
     Raises:
@@ -81,6 +90,8 @@ class OnlineStopping:
         loss: Loss = "cross_entropy",
         formula: Formula = "second_order",
         eig_tol: float = 1e-3,
+        monte_carlo_samples: int = 0,
+        mc_seed: int = 0,
     ) -> None:
         check_loss(loss)
         if formula not in FORMULAS:
@@ -89,6 +100,9 @@ class OnlineStopping:
             raise ValueError(f"sigma, tol and eig_tol must be > 0, got {sigma}, {tol}, {eig_tol}")
         if not isinstance(D, int) or D < 1 or not isinstance(patience, int) or patience < 1:
             raise ValueError(f"D and patience must be integers >= 1, got D={D!r}, patience={patience!r}")
+        if not isinstance(monte_carlo_samples, int) or monte_carlo_samples < 0:
+            raise ValueError(f"monte_carlo_samples must be an integer >= 0, got {monte_carlo_samples!r}")
+        self.monte_carlo_samples, self.mc_seed = monte_carlo_samples, mc_seed
         self.D, self.sigma, self.tol, self.patience = D, sigma, tol, patience
         self.loss, self.formula, self.eig_tol = loss, formula, eig_tol
         self._X: list[torch.Tensor] = []
@@ -96,6 +110,9 @@ class OnlineStopping:
         self.basis: torch.Tensor | None = None  # P at the latest update
         self.ks: list[int] = []
         self.deltas: list[float] = []
+        self.losses: list[float] = []
+        self.mc_deltas: list[float] = []
+        self.mc_stderr: list[float] = []
         self.hvps = 0
 
     @property
@@ -151,7 +168,14 @@ class OnlineStopping:
         else:
             curvature = projected_hessians(objective, self.basis)
             delta = float(delta_from_curvature(curvature, self.sigma, self.formula).delta[-1])
-        self.ks.append(self.num_batches - 1)
+        k = self.num_batches - 1
+        if self.monte_carlo_samples:
+            thetas = gaussian_thetas(D, self.sigma, self.monte_carlo_samples, seed=self.mc_seed + len(self.ks))
+            squared = loss_changes(subspace_losses(objective, self.basis, thetas))[:, -1] ** 2
+            self.mc_deltas.append(float(squared.mean()))
+            self.mc_stderr.append(float(squared.std() / np.sqrt(len(squared))) if len(squared) > 1 else float("nan"))
+        self.losses.append(float(objective.batch_losses()[:k].double().mean()))
+        self.ks.append(k)
         self.deltas.append(delta)
         return delta
 
@@ -180,6 +204,30 @@ class OnlineStopping:
         return sufficient_sample_size(self.history, self.tol) if self.settled else None
 
 
+def first_settled(ks: list[int], deltas: list[float], tol: float, patience: int) -> int | None:
+    """The K at which the online rule first stops: the first k of the first ``patience`` consecutive Δ_k < tol.
+
+    Args:
+        ks: the k of each estimate, in the order they were made.
+        deltas: the estimates Δ_k.
+        tol: the tolerance Δ.
+        patience: the run length that confirms K, ≥ 1.
+
+    Returns:
+        That k, or None if no such run exists.
+
+    Example:
+        >>> first_settled([1, 2, 3, 4, 5], [0.5, 0.1, 0.3, 0.1, 0.1], tol=0.2, patience=2)
+        4
+    """
+    run = 0
+    for i, delta in enumerate(deltas):
+        run = run + 1 if delta < tol else 0
+        if run == patience:
+            return ks[i - patience + 1]
+    return None
+
+
 @dataclass
 class OnlineResult:
     """What :func:`run_online_stopping` found.
@@ -189,9 +237,14 @@ class OnlineResult:
         model: the trained model, in evaluation mode.
         ks: the k of each estimate.
         deltas: the Δ_k estimates.
-        loss_at_K: the mean cross-entropy over the first K batches at the final weights (None without K).
+        loss_at_K: L_K, the mean cross-entropy over the first K batches at the weights of the update that made
+            the estimate at k = K (None without K).
         seconds: the wall time of the run.
         hvps: the Hessian-vector products spent on eigen-solves.
+        losses: L_k at the weights of each update.
+        mc_deltas, mc_stderr: Monte Carlo Δ_k and its standard error at the same weights (empty without
+            ``monte_carlo_samples``).
+        K_monte_carlo: the K the same rule gives on ``mc_deltas`` (None if it never settles or was not measured).
     """
 
     K: int | None
@@ -201,6 +254,10 @@ class OnlineResult:
     loss_at_K: float | None = None
     seconds: float = 0.0
     hvps: int = 0
+    losses: list[float] = field(default_factory=list)
+    mc_deltas: list[float] = field(default_factory=list)
+    mc_stderr: list[float] = field(default_factory=list)
+    K_monte_carlo: int | None = None
 
 
 def run_online_stopping(
@@ -219,6 +276,8 @@ def run_online_stopping(
     formula: Formula = "second_order",
     max_batches: int | None = None,
     seed: int = 0,
+    monte_carlo_samples: int = 0,
+    stop_when_settled: bool = True,
     progress: bool = True,
 ) -> OnlineResult:
     """The paper's Algorithm 1: train while revealing batches, and stop once Δ_k has settled below ``tol``.
@@ -241,7 +300,12 @@ def run_online_stopping(
         patience: consecutive estimates below ``tol`` needed to stop, ≥ 1.
         formula: ``"second_order"`` or ``"paper"``.
         max_batches: reveal at most this many batches (None: all full batches).
-        seed: seeds the model's initialisation (and torch's global generator) and the mini-batch draws.
+        seed: seeds the model's initialisation (and torch's global generator), the mini-batch draws and the
+            Monte Carlo θ.
+        monte_carlo_samples: T ≥ 0; T > 0 also measures Δ_k by Monte Carlo at every update (see
+            :class:`OnlineStopping`), and ``K_monte_carlo`` is the rule applied to those.
+        stop_when_settled: stop once the rule settles (Algorithm 1); False reveals all batches, so that the rule
+            on the closed form and on Monte Carlo can both be read off one run.
         progress: show a progress bar.
 
     Returns:
@@ -258,7 +322,8 @@ def run_online_stopping(
     net = make_model(model, data.input_shape, data.num_classes, hidden=hidden, channels=channels, seed=seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
-    monitor = OnlineStopping(D=D, sigma=sigma, tol=tol, patience=patience, formula=formula)
+    monitor = OnlineStopping(D=D, sigma=sigma, tol=tol, patience=patience, formula=formula,
+                             monte_carlo_samples=monte_carlo_samples, mc_seed=seed)
     bar = tqdm(range(N), desc="online stopping", unit="batch", disable=not progress)
     for i in bar:
         part = slice(i * batch_size, (i + 1) * batch_size)
@@ -274,13 +339,11 @@ def run_online_stopping(
         if monitor.num_batches >= 2:
             delta = monitor.update(net)
             bar.set_postfix(k=monitor.ks[-1], delta=f"{delta:.2e}")
-            if monitor.settled:
+            if stop_when_settled and monitor.settled:
                 break
     bar.close()
-    K = monitor.K
-    loss_at_K = None
-    if K is not None:
-        with torch.no_grad():
-            loss_at_K = float(per_sample_loss(net(data.X[: K * batch_size]), data.y[: K * batch_size],
-                                              "cross_entropy").mean())
-    return OnlineResult(K, net, monitor.ks, monitor.deltas, loss_at_K, time.perf_counter() - start, monitor.hvps)
+    K = first_settled(monitor.ks, monitor.deltas, tol, patience)
+    loss_at_K = monitor.losses[monitor.ks.index(K)] if K is not None else None
+    K_mc = first_settled(monitor.ks, monitor.mc_deltas, tol, patience) if monitor.mc_deltas else None
+    return OnlineResult(K, net, monitor.ks, monitor.deltas, loss_at_K, time.perf_counter() - start, monitor.hvps,
+                        monitor.losses, monitor.mc_deltas, monitor.mc_stderr, K_mc)

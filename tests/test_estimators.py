@@ -230,3 +230,22 @@ def test_order_average_equals_the_brute_force_average_over_all_orders():
     assert np.all(curve.stderr > 0)
     with pytest.raises(ValueError, match=r"batch_losses must be a \[T, N\] matrix with N >= 2"):
         order_average(losses[:, :1])
+
+
+def test_delta_over_orders_permutes_batches_and_averages_to_the_order_average():
+    from hesslib import delta_from_losses, delta_over_orders, order_average
+
+    rng = np.random.default_rng(1)
+    losses = rng.gamma(2.0, size=(4, 6))
+    many = delta_over_orders(losses, orders=4000, seed=3, chunk=7)
+    assert many.shape == (4000, 5)
+    np.testing.assert_array_equal(many, delta_over_orders(losses, orders=4000, seed=3, chunk=1000))  # chunk-free
+    # each row is the Monte Carlo curve of one column permutation
+    perm = torch.randperm(6, generator=torch.Generator().manual_seed(3))
+    np.testing.assert_allclose(many[0], delta_from_losses(losses[:, perm.numpy()]).delta, rtol=1e-12)
+    # their mean converges to the exact average over all orders (within 4 standard errors)
+    exact = order_average(losses).delta
+    err = many.std(0) / np.sqrt(len(many))
+    assert np.all(np.abs(many.mean(0) - exact) < 4 * err)
+    with pytest.raises(ValueError, match="orders must be an integer >= 1"):
+        delta_over_orders(losses, orders=0)

@@ -56,3 +56,41 @@ def test_run_online_stopping_on_digits():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         OnlineStopping(**kwargs)
+
+
+def test_online_monte_carlo_and_loss_at_K_are_measured_at_the_weights_of_each_update():
+    from hesslib.estimators import delta_from_losses
+    from hesslib.stopping import first_settled
+    from hesslib.subspace import subspace_losses
+
+    data = load_dataset("digits", limit=256)
+    torch.manual_seed(0)
+    model = make_model("linear", data.input_shape).eval()
+    monitor = OnlineStopping(D=2, sigma=0.01, tol=1e9, patience=1, monte_carlo_samples=4000, mc_seed=7)
+    for i in range(3):
+        monitor.add_batch(data.X[i * 64:(i + 1) * 64], data.y[i * 64:(i + 1) * 64])
+    monitor.update(model)
+    # the Monte Carlo value is Δ_2 of delta_from_losses over the same θ, batches, weights and subspace
+    from hesslib.estimators import gaussian_thetas
+    objective = Objective(model, data.X[:192], data.y[:192], batch_size=64)
+    losses = subspace_losses(objective, monitor.basis, gaussian_thetas(2, 0.01, 4000, seed=7))
+    direct = delta_from_losses(losses)
+    assert monitor.mc_deltas[-1] == pytest.approx(direct.delta[-1], rel=1e-6)
+    assert monitor.mc_stderr[-1] == pytest.approx(direct.stderr[-1], rel=1e-4)
+    # at σ = 0.01 the loss is quadratic in θ to high accuracy: the second-order estimate matches Monte Carlo
+    assert abs(monitor.deltas[-1] - monitor.mc_deltas[-1]) < 4 * monitor.mc_stderr[-1]
+    assert monitor.losses[-1] == pytest.approx(float(objective.batch_losses()[:2].mean()), rel=1e-6)
+    assert first_settled([1, 2, 3, 4], [3.0, 0.1, 0.1, 0.1], tol=1.0, patience=2) == 2
+    assert first_settled([1, 2, 3], [3.0, 0.1, 3.0], tol=1.0, patience=2) is None
+
+
+def test_run_online_stopping_to_the_end_reads_K_of_both_estimates_and_loss_at_K():
+    data = load_dataset("digits", limit=448)
+    result = run_online_stopping(data, hidden=(8,), D=2, sigma=0.05, tol=1e9, patience=2, steps_per_batch=3,
+                                 monte_carlo_samples=16, stop_when_settled=False, progress=False)
+    assert result.ks == [1, 2, 3, 4, 5, 6] and len(result.mc_deltas) == 6 and len(result.losses) == 6
+    assert result.K == 1 and result.K_monte_carlo == 1  # tol 1e9: settled from the start, and not stopped there
+    # L_K at the weights of the update at k = K (after 2 batches), not at the final weights
+    assert result.loss_at_K == result.losses[0]
+    final = Objective(result.model, data.X[:64], data.y[:64], batch_size=64).batch_losses()[0]
+    assert result.loss_at_K != pytest.approx(float(final), rel=1e-3)
