@@ -18,6 +18,7 @@ committed paper by accident.
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
 import os
@@ -40,6 +41,19 @@ def notebooks(root: Path, only: str | None = None) -> list[Path]:
     """The story's notebooks ``notebooks/NN_*.ipynb`` in order (optionally those whose name contains ``only``)."""
     found = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     return [nb for nb in found if only is None or only in nb.stem]
+
+
+def parameter_value(source: str):
+    """A parameter's default as papermill's ``inspect_notebook`` gives it (source text) turned into its value.
+
+    Example:
+        >>> parameter_value('"figures"'), parameter_value("[8, 16]"), parameter_value("np.pi")
+        ('figures', [8, 16], 'np.pi')
+    """
+    try:
+        return ast.literal_eval(source)
+    except (ValueError, SyntaxError):
+        return source
 
 
 def git_commit(root: Path) -> str:
@@ -91,7 +105,7 @@ def run_notebook(nb: Path, out_dir: Path, params: dict, *,
     root = project_root(nb.parent)
     declared = pm.inspect_notebook(str(nb))
     used = {k: v for k, v in params.items() if k in declared}
-    effective = {k: (used[k] if k in used else spec["default"]) for k, spec in declared.items()}
+    effective = {k: (used[k] if k in used else parameter_value(spec["default"])) for k, spec in declared.items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / "notebooks" / nb.name
     tmp = out_dir / "notebooks" / f".{nb.stem}.running.ipynb"

@@ -222,6 +222,21 @@ def test_committed_notebook_is_clean_with_one_literal_parameters_cell(path):
     assert list(pm.inspect_notebook(str(path))) == names
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[nb.stem for nb in NOTEBOOKS])
+def test_committed_rendered_notebook_is_the_default_run_of_the_current_source(path):
+    """notebooks/rendered/ holds the default run of every notebook: outputs, findings, and the source's code."""
+    rendered_path = ROOT / "notebooks" / "rendered" / path.name
+    assert rendered_path.exists(), f"no rendered {path.name}: run `make paper` and commit notebooks/rendered/"
+    rendered = nbformat.read(rendered_path, as_version=4)
+    assert _code(rendered) == _code(nbformat.read(path, as_version=4)), (
+        f"{path.name} changed since it was rendered: run `make paper` and commit notebooks/rendered/")
+    assert not [c for c in rendered.cells if "injected-parameters" in c.metadata.get("tags", [])], (
+        "the committed rendering must be the default run (no injected parameters)")
+    outputs = [o for c in rendered.cells for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert paper.notebook_findings(rendered_path), f"{path.name}: rendering has no 'What we found' cell"
+
+
 # ---- (d) a failing notebook fails the run and leaves nothing that looks done --------------------------------------
 def test_failing_notebook_returns_nonzero_and_leaves_no_output(environment, tmp_path):
     first = NOTEBOOKS[0]
