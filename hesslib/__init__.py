@@ -2,9 +2,9 @@
 
 The modules follow the method: data -> models -> training -> operators / hessian (the loss Hessian as an
 operator, per-batch projected curvature) -> eigen (top-D eigenpairs) -> subspace (w = w* + Pθ) -> estimators
-(Δ_k by Monte Carlo and in closed form, K) -> surfaces (2-D grids) -> experiment (cached pipeline) ->
-sample_size (the paper's Table 1) and stopping (the online rule) -> plots, results and paper (figures,
-findings in words, `make paper`).
+(Δ_k by Monte Carlo and in closed form, K) -> uncertainty (K over batch orders, θ draws, seeds) -> surfaces
+(2-D grids) -> experiment (cached pipeline) -> sample_size (the paper's Table 1) and stopping (the online rule)
+-> plots, results and paper (figures, findings in words, `make paper`).
 
 ``__all__`` lists what a user of the method calls; result types (``EigenResult``, ``ProjectedCurvature``, ...)
 and helpers stay in their modules.
@@ -20,7 +20,6 @@ from .estimators import (  # noqa: E402
     delta_from_curvature,
     delta_from_losses,
     delta_monte_carlo,
-    delta_over_orders,
     delta_ratio,
     delta_theory,
     delta_unperturbed,
@@ -33,6 +32,7 @@ from .estimators import (  # noqa: E402
     order_average,
     prefix_means,
     sample_size_curve,
+    sample_sizes,
     sufficient_sample_size,
 )
 from .experiment import Experiment  # noqa: E402
@@ -45,6 +45,12 @@ from .stopping import OnlineStopping, run_online_stopping  # noqa: E402
 from .subspace import grid_thetas, random_directions, subspace_losses  # noqa: E402
 from .surfaces import surface_change_curves, surface_limits, surfaces_at  # noqa: E402
 from .training import learning_curve, train  # noqa: E402
+from .uncertainty import (  # noqa: E402
+    SampleSizeDistribution,
+    delta_over_orders,
+    sample_size_bootstrap,
+    sample_size_distribution,
+)
 
 __all__ = [
     # data, models, training
@@ -57,10 +63,12 @@ __all__ = [
     "random_directions", "gaussian_thetas", "grid_thetas", "subspace_losses",
     # Δ_k: its pieces, Monte Carlo and closed forms
     "DeltaCurve", "prefix_means", "loss_changes", "delta_from_losses", "delta_monte_carlo", "delta_from_curvature",
-    "delta_theory", "delta_unperturbed", "order_average", "delta_over_orders",
+    "delta_theory", "delta_unperturbed", "order_average",
     # reading Δ_k curves: K, slopes, agreement
-    "sufficient_sample_size", "sample_size_curve", "first_below", "format_K", "loglog_slope",
+    "sufficient_sample_size", "sample_sizes", "sample_size_curve", "first_below", "format_K", "loglog_slope",
     "compare_to_reference", "delta_ratio", "fit_against",
+    # how certain K is: batch orders, θ bootstrap, training seeds
+    "delta_over_orders", "sample_size_distribution", "sample_size_bootstrap", "SampleSizeDistribution",
     # surfaces over a 2-D grid
     "surfaces_at", "surface_limits", "surface_change_curves",
     # the cached pipeline, the paper's Table 1 and the online rule

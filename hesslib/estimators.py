@@ -3,16 +3,15 @@
 * the pieces: :func:`prefix_means` (L_k = (1/k) Σ_{i≤k} ℓ_i) and :func:`loss_changes`
   (L_{k+1} − L_k = (ℓ_{k+1} − L_k)/(k+1)), the one place where either is computed;
 * :func:`delta_monte_carlo` / :func:`delta_from_losses`: ground truth from one [T, N] matrix of per-batch losses;
-  :func:`order_average`: its exact expectation over all batch orders; :func:`delta_over_orders`: Δ_k for
-  random batch orders;
+  :func:`order_average`: its exact expectation over all batch orders;
 * :func:`delta_theory`: closed forms. ``formula="second_order"`` (the exact Gaussian moments of the
   second-order expansion) and ``"paper_subspace"`` (the paper's Theorem 1 with the eigenvalues of PᵀH_kP) come
   from prefix sums of per-batch projected curvature (:func:`delta_from_curvature`); ``"paper"`` (Theorem 1 as the
   paper defines it, with the top-D eigenvalues of every H_k) from :func:`paper_eigenvalues` and
   :func:`delta_from_eigenvalues`;
-* :func:`sufficient_sample_size` (the one home of the last-exceedance rule for K), :func:`sample_size_curve`,
-  :func:`settling_envelope`, :func:`first_below`, :func:`moving_average`, :func:`loglog_slope`,
-  :func:`compare_to_reference`, :func:`fit_against`: reading the curves.
+* :func:`sufficient_sample_size` and :func:`sample_sizes` (the one home of the last-exceedance rule for K),
+  :func:`sample_size_curve`, :func:`settling_envelope`, :func:`first_below`, :func:`moving_average`,
+  :func:`rolling_median`, :func:`loglog_slope`, :func:`compare_to_reference`, :func:`fit_against`: reading the curves.
 """
 
 from __future__ import annotations
@@ -246,42 +245,6 @@ def order_average(batch_losses: np.ndarray | torch.Tensor, *, sigma: float = flo
     stderr = terms.std(0, correction=1) / np.sqrt(T) if T > 1 else torch.full_like(delta, float("nan"))
     return DeltaCurve(k.long().numpy(), delta.numpy(), stderr.numpy(), ORDER_AVERAGE_LABEL, float(sigma),
                       {"samples": T, **(meta or {})})
-
-
-def delta_over_orders(batch_losses: np.ndarray | torch.Tensor, *, orders: int = 200, seed: int = 0,
-                      chunk: int = 16) -> np.ndarray:
-    """Monte Carlo Δ_k for ``orders`` random batch orders: :func:`delta_from_losses` of column permutations.
-
-    Each order π is a uniformly random permutation of the N batches (the same π for every θ); row j holds
-    Δ_k^{π_j} = (1/T) Σ_t (L_{k+1} − L_k)²(θ_t) with the batches taken in the order π_j. No new forward passes:
-    the [T, N] matrix is re-read. Orders are processed ``chunk`` at a time to bound memory.
-
-    Args:
-        batch_losses: [T, N] per-batch losses ℓ_i(w* + Pθ_t), T ≥ 1, N ≥ 2.
-        orders: the number of random orders, an int ≥ 1.
-        seed: seeds the permutations (a fresh CPU generator).
-        chunk: orders per vectorised step, ≥ 1.
-
-    Returns:
-        float64 [orders, N − 1]: row j, column k − 1 holds Δ_k under the j-th order.
-
-    Raises:
-        ValueError: if ``batch_losses`` is not [T, N] with N ≥ 2 or ``orders`` is not an int ≥ 1.
-
-    Example:
-        >>> delta_over_orders(np.array([[0.0, 2.0]]), orders=3).tolist()
-        [[1.0], [1.0], [1.0]]
-    """
-    losses = _float64(batch_losses, "batch_losses")
-    if losses.dim() != 2 or losses.shape[1] < 2:
-        raise ValueError(f"batch_losses must be a [T, N] matrix with N >= 2, got shape {list(losses.shape)}")
-    if not isinstance(orders, int) or orders < 1:
-        raise ValueError(f"orders must be an integer >= 1, got {orders!r}")
-    N = losses.shape[1]
-    generator = torch.Generator().manual_seed(seed)
-    perms = torch.stack([torch.randperm(N, generator=generator) for _ in range(orders)])
-    out = [(loss_changes(losses[:, part].transpose(0, 1)) ** 2).mean(1) for part in perms.split(max(1, chunk))]
-    return torch.cat(out).numpy()
 
 
 def delta_monte_carlo(
@@ -525,11 +488,46 @@ def sufficient_sample_size(curve: DeltaCurve | np.ndarray, tol: float) -> int | 
         4
     """
     k, delta = _curve_and_tol(curve, tol)
-    below = delta < tol  # NaN compares False
-    if len(delta) == 0 or not below[-1]:
+    if len(delta) == 0:
         return None
-    above = np.flatnonzero(~below)
-    return int(k[0] if len(above) == 0 else k[above[-1] + 1])
+    K = sample_sizes(delta[None], tol, k=k)[0]
+    return None if np.isnan(K) else int(K)
+
+
+def sample_sizes(deltas: np.ndarray, tol: float, *, k: np.ndarray | None = None) -> np.ndarray:
+    """The last-exceedance rule for many curves at once: K of every row of ``deltas`` (NaN: never settles).
+
+    K = the k right after the last Δ_k ≥ tol (the first k if there is none); NaN where the last Δ is ≥ tol or NaN.
+    :func:`sufficient_sample_size` is this rule for one curve.
+
+    Args:
+        deltas: [R, n] Δ_k of R curves on the same k.
+        tol: the tolerance Δ, a number > 0.
+        k: the k of the n columns (default 1..n).
+
+    Returns:
+        float [R]: K of each row, NaN where it never settles.
+
+    Raises:
+        ValueError: if ``tol`` is not a number > 0 or ``deltas`` is not 2-D.
+
+    Example:
+        >>> sample_sizes(np.array([[0.5, 0.05, 0.2, 0.04], [0.5, 0.5, 0.5, 0.5]]), 0.1).tolist()
+        [4.0, nan]
+    """
+    if not (isinstance(tol, int | float) and tol > 0):
+        raise ValueError(f"tol must be a number > 0, got {tol!r}")
+    deltas = np.asarray(deltas, dtype=float)
+    if deltas.ndim != 2:
+        raise ValueError(f"deltas must be [R, n], got shape {list(deltas.shape)}")
+    n = deltas.shape[1]
+    k = np.arange(1, n + 1) if k is None else np.asarray(k)
+    above = ~(deltas < tol)  # NaN counts as not settled
+    last = np.where(above.any(1), n - 1 - np.argmax(above[:, ::-1], axis=1), -1)  # last exceedance, -1: none
+    K = np.full(len(deltas), np.nan)
+    settles = last < n - 1
+    K[settles] = k[last[settles] + 1]
+    return K
 
 
 def moving_average(values: np.ndarray, window: int = 5, *, pad: str = "edge") -> np.ndarray:
