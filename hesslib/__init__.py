@@ -17,6 +17,7 @@ from .eigen import rayleigh_quotients, spectrum_ratios, top_eigenpairs  # noqa: 
 from .estimators import (  # noqa: E402
     DeltaCurve,
     compare_to_reference,
+    delta_control_variate,
     delta_from_curvature,
     delta_from_losses,
     delta_monte_carlo,
@@ -62,7 +63,8 @@ __all__ = [
     # the subspace w = w* + Pθ
     "random_directions", "gaussian_thetas", "grid_thetas", "subspace_losses",
     # Δ_k: its pieces, Monte Carlo and closed forms
-    "DeltaCurve", "prefix_means", "loss_changes", "delta_from_losses", "delta_monte_carlo", "delta_from_curvature",
+    "DeltaCurve", "prefix_means", "loss_changes", "delta_from_losses", "delta_monte_carlo", "delta_control_variate",
+    "delta_from_curvature",
     "delta_theory", "delta_unperturbed", "order_average",
     # reading Δ_k curves: K, slopes, agreement
     "sufficient_sample_size", "sample_sizes", "sample_size_curve", "first_below", "format_K", "loglog_slope",

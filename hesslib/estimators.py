@@ -34,6 +34,7 @@ FORMULA_LABELS: dict[str, str] = {"paper": "paper's formula", "paper_subspace": 
                                   "second_order": "second-order estimate"}
 MONTE_CARLO_LABEL = "Monte Carlo"
 ORDER_AVERAGE_LABEL = "average over batch orders"
+CONTROL_VARIATE_LABEL = "Monte Carlo, control variate"
 
 
 @dataclass
@@ -87,14 +88,15 @@ def _check_P(objective: Objective, P: torch.Tensor) -> torch.Tensor:
     return P
 
 
-def gaussian_thetas(D: int, sigma: float, samples: int, *, seed: int = 0) -> torch.Tensor:
+def gaussian_thetas(D: int, sigma: float, samples: int, *, seed: int = 0, antithetic: bool = False) -> torch.Tensor:
     """Draw θ_1..θ_T ~ N(0, σ² I_D), reproducibly from ``seed``.
 
     Args:
         D: the subspace dimension, ≥ 1.
         sigma: σ, the standard deviation of every coordinate (not checked here; > 0 is the intended use).
-        samples: T, the number of draws, ≥ 0.
+        samples: T, the number of draws, ≥ 0 (even with ``antithetic``).
         seed: seeds a fresh CPU generator (the global torch generator is untouched).
+        antithetic: draw T/2 θ and return them followed by their negatives (antithetic pairs (θ_t, −θ_t)).
 
     Returns:
         θ as a float64 CPU tensor [T, D], one draw per row.
@@ -106,6 +108,11 @@ def gaussian_thetas(D: int, sigma: float, samples: int, *, seed: int = 0) -> tor
         True
     """
     generator = torch.Generator().manual_seed(seed)
+    if antithetic:
+        if samples % 2:
+            raise ValueError(f"antithetic draws come in pairs: samples must be even, got {samples}")
+        half = sigma * torch.randn(samples // 2, D, generator=generator, dtype=torch.float64)
+        return torch.cat([half, -half])
     return sigma * torch.randn(samples, D, generator=generator, dtype=torch.float64)
 
 
@@ -247,6 +254,56 @@ def order_average(batch_losses: np.ndarray | torch.Tensor, *, sigma: float = flo
                       {"samples": T, **(meta or {})})
 
 
+def delta_control_variate(batch_losses: np.ndarray | torch.Tensor, thetas: torch.Tensor,
+                          curvature: ProjectedCurvature, *, sigma: float, antithetic: bool = False,
+                          meta: dict | None = None) -> DeltaCurve:
+    """Monte Carlo Δ_k with the second-order model as a control variate: unbiased, lower variance.
+
+    With d_t = (L_{k+1} − L_k)(θ_t) from the loss matrix and q_t = a_k + c_kᵀθ_t + ½ θ_tᵀB_kθ_t
+    (:func:`second_order_terms`), whose Gaussian second moment E[q²] is the second-order estimate
+    (:func:`delta_from_curvature`), Δ̂_k = (1/T) Σ_t (d_t² − q_t²) + E[q²]; stderr = std_t(d_t² − q_t²)/√T. It is
+    exactly unbiased for any loss, and exact (zero variance) where the loss is quadratic in θ. With ``antithetic``
+    the rows come in pairs (θ_t, −θ_t) (first half, then second half, as :func:`gaussian_thetas` with
+    ``antithetic=True`` makes them) and each pair is one sample.
+
+    Args:
+        batch_losses: [T, N] per-batch losses ℓ_i(w* + Pθ_t), N ≥ 2.
+        thetas: the [T, D] θ_t of those rows.
+        curvature: per-batch terms at w* in the same subspace P (:func:`~hesslib.hessian.projected_hessians`).
+        sigma: the σ the θ_t were drawn with, > 0.
+        antithetic: the rows are antithetic pairs (T even).
+        meta: extra settings stored in ``curve.meta``.
+
+    Returns:
+        A :class:`DeltaCurve` labelled "Monte Carlo, control variate", k = 1..N−1.
+
+    Raises:
+        ValueError: if the shapes disagree (T, N, D), T is odd with ``antithetic``, or ``sigma`` is not > 0.
+    """
+    sigma = _check_sigma(sigma)
+    d = loss_changes(batch_losses)
+    a, c, B = second_order_terms(curvature)
+    thetas = _float64(thetas, "thetas")
+    if d.dim() != 2 or thetas.dim() != 2 or len(thetas) != len(d) or d.shape[1] != len(a) \
+            or thetas.shape[1] != c.shape[1]:
+        raise ValueError(f"batch_losses [T, N], thetas [T, D] and curvature (N batches, D directions) must agree, "
+                         f"got {list(d.shape[:1]) + [d.shape[-1] + 1]}, {list(thetas.shape)}, N = {len(a) + 1}, "
+                         f"D = {c.shape[1]}")
+    q = a + thetas @ c.T + 0.5 * torch.einsum("td,kde,te->tk", thetas, B, thetas)  # [T, N − 1]
+    residual = d**2 - q**2
+    if antithetic:
+        if len(residual) % 2:
+            raise ValueError(f"antithetic rows come in pairs: T must be even, got {len(residual)}")
+        half = len(residual) // 2
+        residual = 0.5 * (residual[:half] + residual[half:])
+    T = len(residual)
+    exact = delta_from_curvature(curvature, sigma, "second_order").delta
+    delta = residual.mean(0).numpy() + exact
+    stderr = (residual.std(0, correction=1) / np.sqrt(T)).numpy() if T > 1 else np.full(len(exact), np.nan)
+    return DeltaCurve(np.arange(1, len(exact) + 1), delta, stderr, CONTROL_VARIATE_LABEL, sigma,
+                      {"samples": len(d), "antithetic": antithetic, **(meta or {})})
+
+
 def delta_monte_carlo(
     objective: Objective,
     P: torch.Tensor,
@@ -254,13 +311,17 @@ def delta_monte_carlo(
     sigma: float,
     samples: int,
     seed: int = 0,
+    control_variate: bool = False,
+    antithetic: bool = False,
     progress: bool = False,
 ) -> DeltaCurve:
     """Monte Carlo Δ_k = E_θ[(L_{k+1}(w* + Pθ) − L_k(w* + Pθ))²], θ ~ N(0, σ² I_D), for k = 1..N−1.
 
     Draws T = ``samples`` θ with :func:`gaussian_thetas`, evaluates ONE [T, N] loss matrix with
     :func:`~hesslib.subspace.subspace_losses` (all D columns of P used) and reads it with
-    :func:`delta_from_losses`.
+    :func:`delta_from_losses`, or with ``control_variate`` with :func:`delta_control_variate` (one more pass of
+    :func:`~hesslib.hessian.projected_hessians`, about D products' worth, for an unbiased estimate whose variance
+    is that of the part of (L_{k+1} − L_k)² the second-order model does not explain).
 
     Args:
         objective: the loss, its N ≥ 2 batches and w*.
@@ -268,22 +329,56 @@ def delta_monte_carlo(
         sigma: σ, a finite number > 0.
         samples: T, an int ≥ 1 (T = 1 gives NaN standard errors).
         seed: seeds the draw of θ.
+        control_variate: subtract the second-order model (:func:`delta_control_variate`).
+        antithetic: draw θ in antithetic pairs (θ, −θ); ``samples`` must then be even.
         progress: show a progress bar.
 
     Returns:
-        A :class:`DeltaCurve` labelled "Monte Carlo", with ``meta`` holding ``samples``, ``seed`` and ``D``.
+        A :class:`DeltaCurve` labelled "Monte Carlo" (or "Monte Carlo, control variate"), with ``meta`` holding
+        ``samples``, ``seed`` and ``D``.
 
     Raises:
-        ValueError: if ``sigma`` is not a finite number > 0, ``samples`` is not an int ≥ 1, ``P`` is not
-            [M, D] in the objective's dtype and device, or the objective has fewer than 2 batches.
+        ValueError: if ``sigma`` is not a finite number > 0, ``samples`` is not an int ≥ 1 (even with
+            ``antithetic``), ``P`` is not [M, D] in the objective's dtype and device, or the objective has fewer
+            than 2 batches.
     """
     sigma = _check_sigma(sigma)
-    if not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
+    if not isinstance(samples, int) or samples < 1 or (antithetic and samples % 2):
+        raise ValueError(f"samples must be an integer >= 1 (even with antithetic=True), got {samples!r}")
     P = _check_P(objective, P)
-    thetas = gaussian_thetas(P.shape[1], sigma, samples, seed=seed)
+    thetas = gaussian_thetas(P.shape[1], sigma, samples, seed=seed, antithetic=antithetic)
     losses = subspace_losses(objective, P, thetas, progress=progress)
-    return delta_from_losses(losses, sigma=sigma, meta={"seed": seed, "D": P.shape[1]})
+    meta = {"seed": seed, "D": P.shape[1]}
+    if control_variate:
+        return delta_control_variate(losses, thetas, projected_hessians(objective, P), sigma=sigma,
+                                     antithetic=antithetic, meta=meta)
+    if antithetic:  # pairs are one sample each: average the squared changes of θ and −θ first
+        squared = loss_changes(losses) ** 2
+        half = samples // 2
+        pair = 0.5 * (squared[:half] + squared[half:])
+        stderr = (pair.std(0, correction=1) / np.sqrt(half)).numpy() if half > 1 else np.full(pair.shape[1], np.nan)
+        return DeltaCurve(np.arange(1, pair.shape[1] + 1), pair.mean(0).numpy(), stderr, MONTE_CARLO_LABEL, sigma,
+                          {"samples": samples, "antithetic": True, **meta})
+    return delta_from_losses(losses, sigma=sigma, meta=meta)
+
+
+def second_order_terms(curvature: ProjectedCurvature) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The second-order model L_{k+1} − L_k ≈ a_k + c_kᵀθ + ½ θᵀB_kθ in the subspace, for k = 1..N−1.
+
+    a_k = L_{k+1}(w*) − L_k(w*), c_k = Pᵀ(∇L_{k+1} − ∇L_k)(w*), B_k = Pᵀ(H_{k+1} − H_k)(w*)P, all from prefix
+    means of the per-batch terms (float64, CPU).
+
+    Args:
+        curvature: per-batch terms from :func:`~hesslib.hessian.projected_hessians`, N ≥ 2 batches.
+
+    Returns:
+        (a [N−1], c [N−1, D], B [N−1, D, D]).
+    """
+    losses, grads, hessians = (t.double().cpu() for t in (curvature.losses, curvature.grads, curvature.hessians))
+    counts = torch.arange(1, len(grads) + 1, dtype=torch.float64)
+    G = grads.cumsum(0) / counts[:, None]
+    H = hessians.cumsum(0) / counts[:, None, None]
+    return loss_changes(losses), G[1:] - G[:-1], H[1:] - H[:-1]
 
 
 def delta_from_curvature(curvature: ProjectedCurvature, sigma: float,
@@ -336,9 +431,7 @@ def delta_from_curvature(curvature: ProjectedCurvature, sigma: float,
         dlam = lam[1:] - lam[:-1]
         delta = sigma**4 / 4 * (2 * (dlam**2).sum(1) + dlam.sum(1) ** 2)
     else:
-        a = loss_changes(losses)
-        G = grads.cumsum(0) / counts[:, None]
-        c, B = G[1:] - G[:-1], H[1:] - H[:-1]
+        a, c, B = second_order_terms(curvature)
         trB = B.diagonal(dim1=1, dim2=2).sum(1)
         trB2 = (B * B.transpose(1, 2)).sum((1, 2))
         delta = a**2 + sigma**2 * (c**2).sum(1) + a * sigma**2 * trB + sigma**4 / 4 * (2 * trB2 + trB**2)

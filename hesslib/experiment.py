@@ -22,6 +22,7 @@ from .eigen import EigenMethod, EigenResult, top_eigenpairs
 from .estimators import (
     DeltaCurve,
     Formula,
+    delta_control_variate,
     delta_from_curvature,
     delta_from_eigenvalues,
     delta_from_losses,
@@ -219,8 +220,11 @@ class Experiment:
             gaussian_thetas(D, sigma, samples, seed=mc_seed), progress=self.progress).cpu())
 
     def monte_carlo(self, directions: Directions, D: int, *, sigma: float, samples: int, direction_seed: int = 0,
-                    mc_seed: int = 0) -> DeltaCurve:
+                    mc_seed: int = 0, control_variate: bool = False) -> DeltaCurve:
         """Monte Carlo Δ_k = E_θ[(L_{k+1}(w* + Pθ) − L_k(w* + Pθ))²] from the cached loss matrix.
+
+        With ``control_variate`` the same θ and losses are read with
+        :func:`~hesslib.estimators.delta_control_variate` and the cached curvature: no new forward passes.
 
         Args:
             directions: ``"hessian"``, ``"random"`` or ``"random_orthonormal"`` (see :meth:`basis`).
@@ -229,6 +233,7 @@ class Experiment:
             samples: T, the number of θ (≥ 2 for a standard error).
             direction_seed: seeds random directions.
             mc_seed: seeds the draw of θ.
+            control_variate: subtract the second-order model as a control variate.
 
         Returns:
             A :class:`~hesslib.estimators.DeltaCurve` (:func:`~hesslib.estimators.delta_from_losses`), k = 1..N−1,
@@ -239,8 +244,12 @@ class Experiment:
         """
         losses = self.loss_matrix(directions, D, sigma=sigma, samples=samples, direction_seed=direction_seed,
                                   mc_seed=mc_seed)
-        return delta_from_losses(losses, sigma=sigma, meta=dict(
-            self._subspace_key(directions, D, direction_seed), seed=mc_seed))
+        meta = dict(self._subspace_key(directions, D, direction_seed), seed=mc_seed)
+        if control_variate:
+            return delta_control_variate(losses, gaussian_thetas(D, sigma, samples, seed=mc_seed),
+                                         self.curvature(directions, D, direction_seed=direction_seed), sigma=sigma,
+                                         meta=meta)
+        return delta_from_losses(losses, sigma=sigma, meta=meta)
 
     def order_average(self, directions: Directions, D: int, *, sigma: float, samples: int, direction_seed: int = 0,
                       mc_seed: int = 0) -> DeltaCurve:

@@ -90,3 +90,13 @@ def test_config_key_is_stable_and_depends_on_every_setting(tmp_path):
     value = cached("thing", config, lambda: calls.append(1) or 42, cache_dir=tmp_path)
     assert value == 42 and cached("thing", config, lambda: calls.append(1) or 0, cache_dir=tmp_path) == 42
     assert cached("other", config, lambda: calls.append(1) or 7, cache_dir=tmp_path) == 7 and len(calls) == 2
+
+
+def test_control_variate_rereads_the_cached_losses_and_curvature(exp, monkeypatch):
+    plain = exp.monte_carlo("hessian", 2, sigma=0.3, samples=64, mc_seed=5)
+    monkeypatch.setattr(hesslib.experiment, "subspace_losses", lambda *a, **k: pytest.fail("recomputed the losses"))
+    cv = exp.monte_carlo("hessian", 2, sigma=0.3, samples=64, mc_seed=5, control_variate=True)
+    direct = delta_monte_carlo(exp.objective, exp.basis("hessian", 2), sigma=0.3, samples=64, seed=5,
+                               control_variate=True)
+    np.testing.assert_allclose(cv.delta, direct.delta, rtol=1e-5)
+    assert cv.label == "Monte Carlo, control variate" and np.all(np.abs(cv.delta - plain.delta) < 5 * plain.stderr)
