@@ -212,8 +212,10 @@ STORY = (
     ("04_resolution", "Resolution", "How fast does Δ_k decay with k?", "04_delta_hessian"),
     ("05_theory_vs_monte_carlo", "Theory vs Monte Carlo", "Can curvature predict Δ_k without sampling?",
      "05_ratio_to_monte_carlo"),
-    ("06_sufficient_sample_size", "Sufficient sample size", "How many batches are enough, and how sure is that?",
+    ("06_sufficient_sample_size", "Sufficient sample size", "How many batches are enough?",
      "06_sample_size_vs_tolerance"),
+    ("07_how_certain_is_K", "How certain is K", "How much do the batch order, the θ draws and the training seed move K?",
+     "07_K_intervals"),
 )
 TITLE = "When does one more batch stop changing the loss landscape?"
 ABSTRACT = (

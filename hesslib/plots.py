@@ -335,3 +335,35 @@ def label_log_ticks(ax, values, *, axis: str = "x", fmt: str = "{:g}") -> None:
     target.set_major_locator(FixedLocator(values))
     target.set_major_formatter(FixedFormatter([fmt.format(v) for v in values]))
     target.set_minor_formatter(NullFormatter())
+
+
+# ---- notebook 07: how certain is K ----------------------------------------------------------------------------
+def plot_sample_size_intervals(ax: plt.Axes, distributions: Sequence, *, reference: int | None = None,
+                               colors: Sequence[str] | None = None, level: float = 0.9) -> None:
+    """K of each :class:`~hesslib.uncertainty.SampleSizeDistribution` as one row of the axis.
+
+    Every replicate is a faint tick, the central ``level`` interval a bar and the median a dot; replicates that
+    never settle are drawn at N and counted in the row's label. ``reference`` (the K of the fixed order, seed and
+    θ) is a dashed vertical line.
+    """
+    for row, dist in enumerate(distributions):
+        color = colors[row] if colors is not None else f"C{row}"
+        N = dist.num_batches
+        values = np.where(np.isnan(dist.K), N, dist.K)
+        jitter = (np.arange(len(values)) % 7 - 3) * 0.04
+        ax.plot(values, row + jitter, ls="none", marker="|", ms=6, color=color, alpha=0.25)
+        low, high = dist.interval(level)
+        low, high = (N if np.isnan(v) else v for v in (low, high))
+        ax.plot([low, high], [row, row], color=color, lw=4, alpha=0.8, solid_capstyle="butt")
+        median = N if np.isnan(dist.median) else dist.median
+        ax.plot([median], [row], marker="o", ms=7, color="white", mec=color, mew=2)
+    ax.set_yticks(range(len(distributions)))
+    ax.set_yticklabels([f"{d.source}\n({len(d)}; never settles: {d.never_settles:.0%})" for d in distributions],
+                       fontsize=8)
+    if reference is not None:
+        ax.axvline(reference, color="black", ls="--", lw=1)
+    N = distributions[0].num_batches if distributions else 1
+    ax.axvline(N, color="grey", lw=0.8, ls=":")
+    ax.set_xlim(0, N + 2)
+    ax.set_ylim(-0.6, len(distributions) - 0.4)
+    ax.set_xlabel(f"K (batches; at {N}: never settles within the data)")

@@ -30,6 +30,7 @@ from .estimators import (
 from .hessian import Objective
 from .subspace import subspace_losses
 from .training import train
+from .uncertainty import sample_size_distribution
 
 
 @dataclass
@@ -47,6 +48,8 @@ class SampleSizeRow:
         K: K for each tolerance (None: never settles).
         K_range: for each tolerance, K of Δ − 2 s.e. and of Δ + 2 s.e. (NaN: never settles), bracketing K by
             Monte Carlo noise.
+        K_orders: for each tolerance, the 5 % and 95 % quantiles of K over ``ORDERS`` random batch orders of the
+            same loss matrix (:func:`~hesslib.uncertainty.sample_size_distribution`; NaN: never settles).
         loss_at_K: L_K(w*) = (1/K) Σ_{i≤K} ℓ_i(w*) for each tolerance (None without K).
         train_accuracy: the training accuracy of w*.
         curve: the Monte Carlo Δ_k curve.
@@ -64,6 +67,7 @@ class SampleSizeRow:
     tolerances: list[float]
     K: list[int | None]
     K_range: list[tuple[float, float]]
+    K_orders: list[tuple[float, float]]
     loss_at_K: list[float | None]
     train_accuracy: float
     curve: DeltaCurve
@@ -165,19 +169,22 @@ def sample_size_row(
                                                                  eig_converged=bool(eig.converged),
                                                                  eig_hvps=int(eig.num_hvps)))
         done = time.perf_counter()
-        return dict(curve=curve, batch_losses=objective.batch_losses().cpu().double().numpy(),
+        return dict(curve=curve, losses=losses.cpu().double().numpy(),
+                    batch_losses=objective.batch_losses().cpu().double().numpy(),
                     num_params=objective.num_params, train_accuracy=record.train_accuracy,
                     eig_converged=bool(eig.converged), eig_hvps=int(eig.num_hvps), threads=torch.get_num_threads(),
                     seconds=dict(train=trained - start, eigen=solved - trained, monte_carlo=done - solved))
 
     m = cached("sample-size-row", config, measure, cache_dir=cache_dir,
-               validate=lambda value: isinstance(value.get("curve"), DeltaCurve))
+               validate=lambda value: isinstance(value.get("curve"), DeltaCurve) and "losses" in value)
     N, curve = len(m["batch_losses"]), m["curve"]
     Ks = [sufficient_sample_size(curve, float(t)) for t in tolerances]
     low, high = sample_size_curve(curve, tolerances, z=-2.0), sample_size_curve(curve, tolerances, z=2.0)
     loss_at_K = [None if K is None else float(np.mean(m["batch_losses"][:K])) for K in Ks]
+    over_orders = [sample_size_distribution(m["losses"], float(t), orders=ORDERS, seed=seed).interval(0.9)
+                   for t in tolerances]
     return SampleSizeRow(dataset, model, int(m["num_params"]), N, [float(t) for t in tolerances], Ks,
-                         [(float(a), float(b)) for a, b in zip(low, high, strict=True)], loss_at_K,
+                         [(float(a), float(b)) for a, b in zip(low, high, strict=True)], over_orders, loss_at_K,
                          float(m["train_accuracy"]), curve, dict(m["seconds"]), int(m["threads"]), config,
                          computed_now=bool(computed))
 
@@ -222,15 +229,16 @@ def sample_size_table(
     return rows, skipped
 
 
-TABLE_HEADER = ("dataset", "model", "params", "N", "Δ (tol)", "K", "K (Δ ± 2 s.e.)", "K·B samples", "L_K(w*)",
-                "time, s")
+TABLE_HEADER = ("dataset", "model", "params", "N", "Δ (tol)", "K", "K (Δ ± 2 s.e.)", "K, 90 % over orders",
+                "K·B samples", "L_K(w*)", "time, s")
+ORDERS = 1000  # random batch orders behind the "over orders" interval of every row
 
 
 def table_cells(rows: Sequence[SampleSizeRow]) -> tuple[tuple[str, ...], list[list[str]]]:
     """The table's header and cells, one line per row and tolerance.
 
     Each line holds the dataset, model, M, N, the tolerance, K (:func:`~hesslib.estimators.format_K`), the ±2 s.e.
-    bracket of K, K·B samples, L_K(w*) and the row's total time.
+    bracket of K, its 90 % interval over random batch orders, K·B samples, L_K(w*) and the row's total time.
 
     Args:
         rows: rows from :func:`sample_size_table` or :func:`sample_size_row`.
@@ -241,10 +249,12 @@ def table_cells(rows: Sequence[SampleSizeRow]) -> tuple[tuple[str, ...], list[li
     cells = []
     for row in rows:
         batch_size = row.config.get("batch_size", 64)
-        for tol, K, (low, high), loss in zip(row.tolerances, row.K, row.K_range, row.loss_at_K, strict=True):
+        for tol, K, (low, high), orders, loss in zip(row.tolerances, row.K, row.K_range, row.K_orders, row.loss_at_K,
+                                                     strict=True):
             bracket = "–".join(format_K(v, row.num_batches) for v in (low, high))
+            over_orders = "–".join(format_K(v, row.num_batches) for v in orders)
             cells.append([row.dataset, row.model, f"{row.num_params:,}", str(row.num_batches), f"{tol:g}",
-                          format_K(K, row.num_batches), bracket,
+                          format_K(K, row.num_batches), bracket, over_orders,
                           "–" if K is None else f"{K * batch_size:,}", "–" if loss is None else f"{loss:.4f}",
                           f"{row.total_seconds:.1f}"])
     return TABLE_HEADER, cells
