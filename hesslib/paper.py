@@ -214,7 +214,7 @@ STORY = (
      "05_ratio_to_monte_carlo"),
     ("06_sufficient_sample_size", "Sufficient sample size", "How many batches are enough?",
      "06_sample_size_vs_tolerance"),
-    ("07_how_certain_is_K", "How certain is K", "How much do the batch order, the θ draws and the training seed move K?",
+    ("07_how_certain_is_K", "How certain is K", "How far do the batch order, the θ draws and the seed move K?",
      "07_K_intervals"),
 )
 TITLE = "When does one more batch stop changing the loss landscape?"

@@ -29,7 +29,7 @@ def test_sample_size_row_on_digits_is_timed_cached_and_consistent(tmp_path, data
         assert (K is None and loss is None) or loss == pytest.approx(losses[:K].mean(), rel=1e-5)
     for K, (low, high) in zip(row.K, row.K_range, strict=True):  # the ±2 s.e. bracket contains K
         assert K is None or (np.isnan(low) or low <= K) and (np.isnan(high) or K <= high)
-    for K, (low, high) in zip(row.K, row.K_orders, strict=True):  # K over random orders: a 90 % interval
+    for _K, (low, high) in zip(row.K, row.K_orders, strict=True):  # K over random orders: a 90 % interval
         assert (np.isnan(low) or np.isnan(high) or low <= high) and len(row.K_orders) == len(row.K)
     # a re-run reads the stored measurement, times included; other tolerances need no recomputation
     again = sample_size_row("digits", model="mlp", tolerances=[0.5], **kwargs)
