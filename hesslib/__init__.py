@@ -18,6 +18,7 @@ from .estimators import (  # noqa: E402
     DeltaCurve,
     compare_to_reference,
     delta_control_variate,
+    delta_fourth_order,
     delta_from_curvature,
     delta_from_losses,
     delta_monte_carlo,
@@ -37,7 +38,7 @@ from .estimators import (  # noqa: E402
     sufficient_sample_size,
 )
 from .experiment import Experiment  # noqa: E402
-from .hessian import Objective, curvature_spread, projected_hessians  # noqa: E402
+from .hessian import Objective, curvature_spread, projected_hessians, projected_higher_derivatives  # noqa: E402
 from .models import make_model  # noqa: E402
 from .operators import DenseOperator, Operator  # noqa: E402
 from .results import record, share, show_findings, times  # noqa: E402
@@ -57,14 +58,15 @@ __all__ = [
     # data, models, training
     "load_dataset", "make_model", "train", "learning_curve",
     # the Hessian as an operator
-    "Operator", "DenseOperator", "Objective", "projected_hessians", "curvature_spread",
+    "Operator", "DenseOperator", "Objective", "projected_hessians", "projected_higher_derivatives",
+    "curvature_spread",
     # its top eigenpairs
     "top_eigenpairs", "rayleigh_quotients", "spectrum_ratios",
     # the subspace w = w* + Pθ
     "random_directions", "gaussian_thetas", "grid_thetas", "subspace_losses",
     # Δ_k: its pieces, Monte Carlo and closed forms
     "DeltaCurve", "prefix_means", "loss_changes", "delta_from_losses", "delta_monte_carlo", "delta_control_variate",
-    "delta_from_curvature",
+    "delta_from_curvature", "delta_fourth_order",
     "delta_theory", "delta_unperturbed", "order_average",
     # reading Δ_k curves: K, slopes, agreement
     "sufficient_sample_size", "sample_sizes", "sample_size_curve", "first_below", "format_K", "loglog_slope",

@@ -23,15 +23,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .hessian import Objective, ProjectedCurvature, projected_hessians
+from .hessian import (
+    HigherDerivatives,
+    Objective,
+    ProjectedCurvature,
+    projected_hessians,
+    projected_higher_derivatives,
+)
 from .operators import check_block
 from .subspace import subspace_losses
 
-Formula = Literal["paper", "paper_subspace", "second_order"]
+Formula = Literal["paper", "paper_subspace", "second_order", "fourth_order"]
 FORMULAS: tuple[str, ...] = get_args(Formula)
 CURVATURE_FORMULAS = ("paper_subspace", "second_order")  # those that per-batch projected curvature determines
 FORMULA_LABELS: dict[str, str] = {"paper": "paper's formula", "paper_subspace": "paper's formula, fixed subspace",
-                                  "second_order": "second-order estimate"}
+                                  "second_order": "second-order estimate", "fourth_order": "fourth-order estimate"}
 MONTE_CARLO_LABEL = "Monte Carlo"
 ORDER_AVERAGE_LABEL = "average over batch orders"
 CONTROL_VARIATE_LABEL = "Monte Carlo, control variate"
@@ -450,6 +456,45 @@ def delta_from_curvature(curvature: ProjectedCurvature, sigma: float,
                       {"formula": formula, "D": D})
 
 
+def delta_fourth_order(curvature: ProjectedCurvature, higher: HigherDerivatives, sigma: float) -> DeltaCurve:
+    """Δ_k exact to σ⁴: the second-order estimate plus every other σ⁴ term of E[(L_{k+1} − L_k)²].
+
+    Expanding g_k(θ) = (L_{k+1} − L_k)(w* + Pθ) = a_k + c_kᵀθ + ½θᵀB_kθ + (1/6)T_k[θ³] + (1/24)Q_k[θ⁴] + O(θ⁵), the
+    Gaussian moments add to the second-order estimate two σ⁴ terms it lacks: 2E[(c_kᵀθ)(1/6)T_k[θ³]] = σ⁴ c_k·t_k
+    and 2E[a_k (1/24)Q_k[θ⁴]] = σ⁴ a_k s_k / 4, with t_k,a = Σ_b T_k,abb and s_k = Σ_{a,b} Q_k,aabb. So
+
+        Δ_k ≈ a_k² + σ²‖c_k‖² + a_k σ² tr B_k + σ⁴ (¼(2 tr B_k² + (tr B_k)²) + c_k·t_k + a_k s_k / 4),
+
+    with an error O(σ⁶) where the second-order estimate's is O(σ⁴). t_k and s_k are prefix-mean differences of the
+    per-batch terms of :func:`~hesslib.hessian.projected_higher_derivatives`, like a_k, c_k, B_k.
+
+    Args:
+        curvature: per-batch terms from :func:`~hesslib.hessian.projected_hessians`, N ≥ 2 batches.
+        higher: per-batch third and fourth derivatives in the same subspace.
+        sigma: σ, a finite number > 0.
+
+    Returns:
+        A :class:`DeltaCurve` labelled "fourth-order estimate", k = 1..N−1, zero ``stderr``.
+
+    Raises:
+        ValueError: if ``sigma`` is not > 0, or ``curvature`` and ``higher`` disagree in N or D.
+    """
+    sigma = _check_sigma(sigma)
+    second = delta_from_curvature(curvature, sigma, "second_order")
+    third, fourth = higher.third.double().cpu(), higher.fourth.double().cpu()
+    N, D = curvature.grads.shape
+    if third.shape != (N, D) or fourth.shape != (N,):
+        raise ValueError(f"higher derivatives must be third [N, D] = [{N}, {D}] and fourth [{N}], got "
+                         f"{list(third.shape)} and {list(fourth.shape)}")
+    a, c, _ = second_order_terms(curvature)
+    counts = torch.arange(1, N + 1, dtype=torch.float64)
+    T_mean, S_mean = third.cumsum(0) / counts[:, None], fourth.cumsum(0) / counts
+    t, s_k = T_mean[1:] - T_mean[:-1], S_mean[1:] - S_mean[:-1]
+    delta = second.delta + (sigma**4 * ((c * t).sum(1) + a * s_k / 4)).numpy()
+    return DeltaCurve(second.k, delta, np.zeros(N - 1), FORMULA_LABELS["fourth_order"], sigma,
+                      {"formula": "fourth_order", "D": D})
+
+
 def paper_eigenvalues(objective: Objective, D: int, *, tol: float = 1e-4, init: torch.Tensor | None = None,
                       progress: bool = False) -> tuple[np.ndarray, int]:
     """λ^(d)_k, the top-D eigenvalues of H_k = ∇²L_k(w*) for every k = 1..N, as the paper's Theorem 1 uses them.
@@ -538,7 +583,8 @@ def delta_theory(
         objective: the loss, its N ≥ 2 batches and w*.
         P: the subspace basis [M, D], D ≥ 1, in the objective's dtype on its device.
         sigma: σ of θ ~ N(0, σ² I_D), a finite number > 0.
-        formula: ``"second_order"`` (default), ``"paper_subspace"`` or ``"paper"``.
+        formula: ``"second_order"`` (default), ``"paper_subspace"``, ``"paper"`` or ``"fourth_order"``
+            (:func:`delta_fourth_order`; adds one pass of :func:`~hesslib.hessian.projected_higher_derivatives`).
         curvature: reuse these per-batch terms instead of computing them; they must come from this objective
             and P (not checked; P is still validated).
         eigenvalues: for ``"paper"``, reuse these [N, D] eigenvalues instead of solving for them.
@@ -558,6 +604,8 @@ def delta_theory(
             eigenvalues, _ = paper_eigenvalues(objective, P.shape[1], init=P)
         return delta_from_eigenvalues(eigenvalues, sigma)
     curvature = projected_hessians(objective, P) if curvature is None else curvature
+    if formula == "fourth_order":
+        return delta_fourth_order(curvature, projected_higher_derivatives(objective, P), sigma)
     return delta_from_curvature(curvature, sigma, formula)
 
 

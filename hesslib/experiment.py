@@ -23,6 +23,7 @@ from .estimators import (
     DeltaCurve,
     Formula,
     delta_control_variate,
+    delta_fourth_order,
     delta_from_curvature,
     delta_from_eigenvalues,
     delta_from_losses,
@@ -30,7 +31,7 @@ from .estimators import (
     order_average,
     paper_eigenvalues,
 )
-from .hessian import Objective, ProjectedCurvature, projected_hessians
+from .hessian import Objective, ProjectedCurvature, projected_hessians, projected_higher_derivatives
 from .stopping import OnlineResult, run_online_stopping
 from .subspace import grid_thetas, random_directions, subspace_losses
 from .training import train
@@ -311,6 +312,26 @@ class Experiment:
             self.data, model=self.model, hidden=self.hidden, channels=self.channels, batch_size=self.batch_size,
             seed=seed, progress=self.progress, **settings))
 
+    def higher_derivatives(self, directions: Directions, D: int, *, direction_seed: int = 0) -> dict:
+        """Per-batch third and fourth derivatives along P (:func:`~hesslib.hessian.projected_higher_derivatives`).
+
+        Args:
+            directions: the subspace family (see :meth:`basis`).
+            D: the subspace dimension.
+            direction_seed: seeds random directions.
+
+        Returns:
+            A dict with ``higher`` (a :class:`~hesslib.hessian.HigherDerivatives`) and ``seconds`` (the wall time
+            of the pass when it was computed), cached.
+        """
+        def compute() -> dict:
+            start = time.perf_counter()
+            higher = projected_higher_derivatives(self.objective, self.basis(directions, D,
+                                                                              direction_seed=direction_seed))
+            return dict(higher=higher, seconds=time.perf_counter() - start)
+
+        return self._cached("higher-derivatives", self._subspace_key(directions, D, direction_seed), compute)
+
     def paper_eigenvalues(self, D: int, *, tol: float = 1e-4) -> dict:
         """The top-D eigenvalues of every H_k (:func:`~hesslib.estimators.paper_eigenvalues`), cached.
 
@@ -342,7 +363,7 @@ class Experiment:
             directions: the subspace family (see :meth:`basis`).
             D: the subspace dimension.
             sigma: σ of θ ~ N(0, σ² I_D), a finite number > 0.
-            formula: ``"second_order"``, ``"paper_subspace"`` or ``"paper"``.
+            formula: ``"second_order"``, ``"paper_subspace"``, ``"paper"`` or ``"fourth_order"``.
             direction_seed: seeds random directions.
 
         Returns:
@@ -355,6 +376,10 @@ class Experiment:
         key = self._subspace_key(directions, D, direction_seed)
         if formula == "paper":
             curve = delta_from_eigenvalues(self.paper_eigenvalues(D)["eigenvalues"], sigma)
+        elif formula == "fourth_order":
+            curve = delta_fourth_order(self.curvature(directions, D, direction_seed=direction_seed),
+                                       self.higher_derivatives(directions, D, direction_seed=direction_seed)["higher"],
+                                       sigma)
         else:
             curve = delta_from_curvature(self.curvature(directions, D, direction_seed=direction_seed), sigma,
                                          formula)

@@ -330,6 +330,80 @@ def projected_hessians(objective: Objective, P: torch.Tensor, *, memory_mb: floa
     return ProjectedCurvature(torch.cat(losses), torch.cat(grads), 0.5 * (hessians_t + hessians_t.transpose(1, 2)))
 
 
+@dataclass
+class HigherDerivatives:
+    """Per-batch third and fourth derivatives of f_i(θ) = ℓ_i(w* + Pθ) at θ = 0, contracted as Δ_k's σ⁴ term needs.
+
+    Made by :func:`projected_higher_derivatives`; read by :func:`~hesslib.estimators.delta_fourth_order`.
+
+    Attributes:
+        third: [N, D], row i: t_i,a = Σ_b ∂³f_i / ∂θ_a ∂θ_b ∂θ_b.
+        fourth: [N], s_i = Σ_{a,b} ∂⁴f_i / ∂θ_a² ∂θ_b².
+    """
+
+    third: torch.Tensor
+    fourth: torch.Tensor
+
+
+def projected_higher_derivatives(objective: Objective, P: torch.Tensor, *, samples_per_step: int = 256,
+                                 pairs_per_step: int = 16) -> HigherDerivatives:
+    """The contracted third and fourth derivatives of every batch loss along P, in one pass over the data.
+
+    For each pair of directions (e_a, e_b) of the subspace, D³f[e_b, e_b, e_a] and D⁴f[e_b, e_b, e_a, e_a] of the
+    per-sample losses come from nested ``jvp``s (exact forward-mode derivatives, no finite differences), vmapped
+    over ``pairs_per_step`` pairs and ``samples_per_step`` samples at a time, and are averaged into batches with
+    the same weights as :meth:`Objective.batch_losses`. Cost: D² third- and fourth-order directional derivatives
+    of the loss over the data (about 24 D² forward passes' worth).
+
+    Args:
+        objective: the loss and its N batches, around w*.
+        P: the subspace basis [M, D], D ≥ 1, in the objective's dtype on its device.
+        samples_per_step: samples per vectorised step, ≥ 1 (bounds memory).
+        pairs_per_step: direction pairs per vectorised step, ≥ 1 (bounds memory).
+
+    Returns:
+        A :class:`HigherDerivatives` in the objective's dtype on its device.
+
+    Raises:
+        ValueError: if ``P`` does not have shape [M, D] with D ≥ 1, the objective's dtype and device.
+    """
+    P = check_block(objective, P, "P")
+    obj, D = objective, P.shape[1]
+    eye = torch.eye(D, dtype=obj.dtype, device=obj.device)
+    A, Bdir = eye.repeat_interleave(D, 0), eye.repeat(D, 1)  # pair r = a·D + b: (e_a, e_b)
+    a_index = torch.arange(D, device=obj.device).repeat_interleave(D)
+    zero = torch.zeros(D, dtype=obj.dtype, device=obj.device)
+    third = torch.zeros(obj.num_batches, D, dtype=obj.dtype, device=obj.device)
+    fourth = torch.zeros(obj.num_batches, dtype=obj.dtype, device=obj.device)
+    weights = 1.0 / obj.batch_counts[obj.batch_index]  # ℓ_i = (1/|batch i|) Σ_{s ∈ batch i} ℓ_s
+
+    def along(f, direction):
+        return lambda theta: jvp(f, (theta,), (direction,))[1]
+
+    for start in range(0, obj.num_samples, max(1, samples_per_step)):
+        part = slice(start, min(start + samples_per_step, obj.num_samples))
+        X, y = obj.X[part], obj.y[part]
+
+        def f(theta: torch.Tensor, X: torch.Tensor = X, y: torch.Tensor = y) -> torch.Tensor:
+            return obj.per_sample_losses(obj.params + P @ theta, X, y)
+
+        def pair_terms(a: torch.Tensor, b: torch.Tensor, f=f):
+            f_bba = along(along(along(f, b), b), a)
+            return f_bba(zero), along(f_bba, a)(zero)
+
+        t3 = torch.zeros(part.stop - part.start, D, dtype=obj.dtype, device=obj.device)
+        t4 = torch.zeros(part.stop - part.start, dtype=obj.dtype, device=obj.device)
+        for r in range(0, D * D, max(1, pairs_per_step)):
+            rows = slice(r, min(r + pairs_per_step, D * D))
+            d3, d4 = vmap(pair_terms)(A[rows], Bdir[rows])  # [pairs, samples]
+            t3.index_add_(1, a_index[rows], d3.detach().T)
+            t4 += d4.detach().sum(0)
+        index, w = obj.batch_index[part], weights[part]
+        third.index_add_(0, index, w[:, None] * t3)
+        fourth.index_add_(0, index, w * t4)
+    return HigherDerivatives(third, fourth)
+
+
 def curvature_spread(curvature: ProjectedCurvature) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation over the N batches of the per-batch curvature p_dᵀ∇²ℓ_i(w*)p_d.
 
