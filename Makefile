@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[bench]'
 	$(BIN)/python benchmarks/bench_eigen.py
 	$(BIN)/python benchmarks/bench_landscape.py
+	$(BIN)/python benchmarks/bench_uncertainty.py
 
 # Build outputs only; the training / Hessian caches under data/cache survive (use clean-cache).
 clean:
