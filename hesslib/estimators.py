@@ -682,6 +682,13 @@ def sample_sizes(deltas: np.ndarray, tol: float, *, k: np.ndarray | None = None)
     return K
 
 
+def _padded(values: np.ndarray, window: int, pad: str) -> np.ndarray:
+    """``values`` as floats padded by window // 2 at each end, after checking that ``window`` is an odd int ≥ 1."""
+    if not isinstance(window, int) or window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be an odd integer >= 1, got {window!r}")
+    return np.pad(np.asarray(values, dtype=float), window // 2, mode=pad)
+
+
 def moving_average(values: np.ndarray, window: int = 5, *, pad: str = "edge") -> np.ndarray:
     """Centred moving average over ``window`` points, the same length as the input.
 
@@ -702,11 +709,7 @@ def moving_average(values: np.ndarray, window: int = 5, *, pad: str = "edge") ->
         >>> moving_average(np.array([0.0, 3.0, 0.0, 3.0]), 3).tolist()
         [1.0, 1.0, 2.0, 2.0]
     """
-    if not isinstance(window, int) or window < 1 or window % 2 == 0:
-        raise ValueError(f"window must be an odd integer >= 1, got {window!r}")
-    values = np.asarray(values, dtype=float)
-    padded = np.pad(values, window // 2, mode=pad)
-    return np.convolve(padded, np.ones(window) / window, mode="valid")
+    return np.convolve(_padded(values, window, pad), np.ones(window) / window, mode="valid")
 
 
 def rolling_median(values: np.ndarray, window: int = 5, *, pad: str = "edge") -> np.ndarray:
@@ -730,10 +733,7 @@ def rolling_median(values: np.ndarray, window: int = 5, *, pad: str = "edge") ->
         >>> rolling_median(np.array([1.0, 100.0, 1.0, 1.0, 2.0]), 3).tolist()
         [1.0, 1.0, 1.0, 1.0, 2.0]
     """
-    if not isinstance(window, int) or window < 1 or window % 2 == 0:
-        raise ValueError(f"window must be an odd integer >= 1, got {window!r}")
-    padded = np.pad(np.asarray(values, dtype=float), window // 2, mode=pad)
-    return np.median(np.lib.stride_tricks.sliding_window_view(padded, window), axis=1)
+    return np.median(np.lib.stride_tricks.sliding_window_view(_padded(values, window, pad), window), axis=1)
 
 
 def loglog_slope(curve: DeltaCurve, *, k_min: int = 1, k_max: int | None = None) -> tuple[float, float]:
