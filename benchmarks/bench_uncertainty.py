@@ -58,7 +58,7 @@ def main() -> None:
         plain = delta_from_losses(losses, sigma=sigma)
         anti_thetas = gaussian_thetas(args.D, sigma, args.samples, seed=2, antithetic=True)
         anti_losses = subspace_losses(obj, P, anti_thetas)
-        anti = hesslib.delta_monte_carlo(obj, P, sigma=sigma, samples=args.samples, seed=2, antithetic=True)
+        anti = delta_from_losses(anti_losses, sigma=sigma, antithetic=True)
         cv, cv_s = timed(lambda th=thetas, ls=losses, s=sigma: delta_control_variate(ls, th, curvature, sigma=s))
         both = delta_control_variate(anti_losses, anti_thetas, curvature, sigma=sigma, antithetic=True)
         cells, zmax = [], 0.0

@@ -182,7 +182,7 @@ def loss_changes(batch_losses: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def delta_from_losses(batch_losses: np.ndarray | torch.Tensor, *, sigma: float = float("nan"),
-                      meta: dict | None = None) -> DeltaCurve:
+                      meta: dict | None = None, antithetic: bool = False) -> DeltaCurve:
     """Monte Carlo Δ_k and its standard error from per-batch losses ℓ_i(w* + Pθ_t), a [T, N] matrix.
 
     Δ_k = (1/T) Σ_t (L_{k+1} − L_k)²(θ_t) with :func:`loss_changes` along each row (one batch order for every θ,
@@ -193,6 +193,8 @@ def delta_from_losses(batch_losses: np.ndarray | torch.Tensor, *, sigma: float =
         batch_losses: [T, N] with T ≥ 1 draws and N ≥ 2 batches, an array or tensor of real numbers.
         sigma: the σ the θ_t were drawn with (NaN: unknown); stored, not used.
         meta: extra settings stored in ``curve.meta`` after ``{"samples": T}``.
+        antithetic: the rows are antithetic pairs (θ_t, −θ_t), first half then second half (T even); each pair
+            is one sample of the standard error.
 
     Returns:
         A :class:`DeltaCurve` labelled "Monte Carlo" with k = 1..N−1 and float64 ``delta`` and ``stderr``.
@@ -208,12 +210,17 @@ def delta_from_losses(batch_losses: np.ndarray | torch.Tensor, *, sigma: float =
     squared = loss_changes(batch_losses) ** 2
     if squared.dim() != 2:
         raise ValueError(f"batch_losses must be a [T, N] matrix, got shape {list(squared.shape[:-1]) + ['N']}")
+    if antithetic:  # pairs are one sample each: average the squared changes of θ and −θ first
+        if squared.shape[0] % 2:
+            raise ValueError(f"antithetic rows come in pairs: T must be even, got {squared.shape[0]}")
+        half = squared.shape[0] // 2
+        squared = 0.5 * (squared[:half] + squared[half:])
     T = squared.shape[0]
     delta = squared.mean(0)
     stderr = squared.std(0, correction=1) / np.sqrt(T) if T > 1 else torch.full_like(delta, float("nan"))
     k = np.arange(1, squared.shape[1] + 1)
     return DeltaCurve(k, delta.numpy(), stderr.numpy(), MONTE_CARLO_LABEL, float(sigma),
-                      {"samples": T, **(meta or {})})
+                      {"samples": len(batch_losses), **({"antithetic": True} if antithetic else {}), **(meta or {})})
 
 
 def order_average(batch_losses: np.ndarray | torch.Tensor, *, sigma: float = float("nan"),
@@ -369,14 +376,7 @@ def delta_monte_carlo(
     if control_variate:
         return delta_control_variate(losses, thetas, projected_hessians(objective, P), sigma=sigma,
                                      antithetic=antithetic, meta=meta)
-    if antithetic:  # pairs are one sample each: average the squared changes of θ and −θ first
-        squared = loss_changes(losses) ** 2
-        half = samples // 2
-        pair = 0.5 * (squared[:half] + squared[half:])
-        stderr = (pair.std(0, correction=1) / np.sqrt(half)).numpy() if half > 1 else np.full(pair.shape[1], np.nan)
-        return DeltaCurve(np.arange(1, pair.shape[1] + 1), pair.mean(0).numpy(), stderr, MONTE_CARLO_LABEL, sigma,
-                          {"samples": samples, "antithetic": True, **meta})
-    return delta_from_losses(losses, sigma=sigma, meta=meta)
+    return delta_from_losses(losses, sigma=sigma, meta=meta, antithetic=antithetic)
 
 
 def second_order_terms(curvature: ProjectedCurvature) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
