@@ -2,9 +2,9 @@
 
 The modules follow the method: data -> models -> training -> operators / hessian (the loss Hessian as an
 operator, per-batch projected curvature) -> eigen (top-D eigenpairs) -> subspace (w = w* + Pθ) -> estimators
-(Δ_k by Monte Carlo and in closed form, K) -> uncertainty (K over batch orders, θ draws, seeds) -> surfaces
-(2-D grids) -> experiment (cached pipeline) -> sample_size (the paper's Table 1) and stopping (the online rule)
--> plots, results and paper (figures, findings in words, `make paper`).
+(Δ_k by Monte Carlo and in closed form, K) -> diagnostics (why the quadratic model fails) -> uncertainty (K over
+batch orders, θ draws, seeds) -> surfaces (2-D grids) -> experiment (cached pipeline) -> sample_size (the paper's
+Table 1) and stopping (the online rule) -> plots, results and paper (figures, findings in words, `make paper`).
 
 ``__all__`` lists what a user of the method calls; result types (``EigenResult``, ``ProjectedCurvature``, ...)
 and helpers stay in their modules.
@@ -13,6 +13,7 @@ and helpers stay in their modules.
 __version__ = "0.1.0"
 
 from .data import load_dataset  # noqa: E402
+from .diagnostics import activation_switches, quadratic_slices, tail_share  # noqa: E402
 from .eigen import rayleigh_quotients, spectrum_ratios, top_eigenpairs  # noqa: E402
 from .estimators import (  # noqa: E402
     DeltaCurve,
@@ -35,6 +36,7 @@ from .estimators import (  # noqa: E402
     prefix_means,
     sample_size_curve,
     sample_sizes,
+    second_order_changes,
     sufficient_sample_size,
 )
 from .experiment import Experiment  # noqa: E402
@@ -67,7 +69,9 @@ __all__ = [
     # Δ_k: its pieces, Monte Carlo and closed forms
     "DeltaCurve", "prefix_means", "loss_changes", "delta_from_losses", "delta_monte_carlo", "delta_control_variate",
     "delta_from_curvature", "delta_fourth_order",
-    "delta_theory", "delta_unperturbed", "order_average",
+    "delta_theory", "delta_unperturbed", "order_average", "second_order_changes",
+    # why the quadratic model fails: slices, activation switches, heavy tails
+    "quadratic_slices", "activation_switches", "tail_share",
     # reading Δ_k curves: K, slopes, agreement
     "sufficient_sample_size", "sample_sizes", "sample_size_curve", "first_below", "format_K", "loglog_slope",
     "compare_to_reference", "delta_ratio", "fit_against",

@@ -305,7 +305,7 @@ def delta_control_variate(batch_losses: np.ndarray | torch.Tensor, thetas: torch
         raise ValueError(f"batch_losses [T, N], thetas [T, D] and curvature (N batches, D directions) must agree, "
                          f"got {list(d.shape[:1]) + [d.shape[-1] + 1]}, {list(thetas.shape)}, N = {len(a) + 1}, "
                          f"D = {c.shape[1]}")
-    q = a + thetas @ c.T + 0.5 * torch.einsum("td,kde,te->tk", thetas, B, thetas)  # [T, N − 1]
+    q = second_order_changes(curvature, thetas)  # [T, N − 1]
     exact = torch.from_numpy(delta_from_curvature(curvature, sigma, "second_order").delta)
     u, v = d**2, q**2 - exact  # E[v] = 0 exactly
     if antithetic:
@@ -396,6 +396,27 @@ def second_order_terms(curvature: ProjectedCurvature) -> tuple[torch.Tensor, tor
     G = grads.cumsum(0) / counts[:, None]
     H = hessians.cumsum(0) / counts[:, None, None]
     return loss_changes(losses), G[1:] - G[:-1], H[1:] - H[:-1]
+
+
+def second_order_changes(curvature: ProjectedCurvature, thetas: torch.Tensor) -> torch.Tensor:
+    """The second-order model q_t = a_k + c_kᵀθ_t + ½ θ_tᵀB_kθ_t of (L_{k+1} − L_k)(θ_t) (:func:`second_order_terms`).
+
+    Args:
+        curvature: per-batch terms from :func:`~hesslib.hessian.projected_hessians`, N ≥ 2 batches, D directions.
+        thetas: [T, D].
+
+    Returns:
+        float64 [T, N − 1] on the CPU.
+
+    Raises:
+        ValueError: if ``thetas`` is not [T, D] for the curvature's D.
+    """
+    a, c, B = second_order_terms(curvature)
+    thetas = _float64(thetas, "thetas")
+    if thetas.dim() != 2 or thetas.shape[1] != c.shape[1]:
+        raise ValueError(f"thetas must have shape [T, {c.shape[1]}] (D = the curvature's directions), "
+                         f"got {list(thetas.shape)}")
+    return a + thetas @ c.T + 0.5 * torch.einsum("td,kde,te->tk", thetas, B, thetas)
 
 
 def delta_from_curvature(curvature: ProjectedCurvature, sigma: float,

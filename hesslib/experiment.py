@@ -58,6 +58,7 @@ class Experiment:
         model: ``"linear"``, ``"mlp"`` or ``"cnn"``.
         hidden: the MLP's hidden widths.
         channels: the CNN's conv widths.
+        activation: the MLP's and CNN's nonlinearity, ``"relu"`` (the paper's), ``"gelu"`` or ``"tanh"``.
         epochs: training epochs.
         lr: the optimiser's (Adam's) learning rate.
         train_batch_size: the training mini-batch size.
@@ -86,6 +87,7 @@ class Experiment:
     model: str = "mlp"
     hidden: tuple[int, ...] = (256, 256)
     channels: tuple[int, ...] = (8, 16)
+    activation: str = "relu"
     epochs: int = 10
     lr: float = 1e-3
     train_batch_size: int = 64
@@ -101,8 +103,9 @@ class Experiment:
         self.hidden, self.channels = tuple(self.hidden), tuple(self.channels)
         self.net, self.record = train(
             self.dataset, model=self.model, limit=self.limit, root=self.root, hidden=self.hidden,
-            channels=self.channels, lr=self.lr, epochs=self.epochs, batch_size=self.train_batch_size,
-            seed=self.seed, device=self.device, cache_dir=self.cache_dir, progress=self.progress,
+            channels=self.channels, activation=self.activation, lr=self.lr, epochs=self.epochs,
+            batch_size=self.train_batch_size, seed=self.seed, device=self.device, cache_dir=self.cache_dir,
+            progress=self.progress,
         )
         self.data = load_dataset(self.dataset, root=self.root, limit=self.limit)
         self.objective = Objective(self.net, self.data.X, self.data.y, batch_size=self.batch_size, device=self.device)
@@ -309,7 +312,8 @@ class Experiment:
         """
         settings.pop("progress", None)
         return self._cached("online", dict(online_seed=seed, **settings), lambda: run_online_stopping(
-            self.data, model=self.model, hidden=self.hidden, channels=self.channels, batch_size=self.batch_size,
+            self.data, model=self.model, hidden=self.hidden, channels=self.channels, activation=self.activation,
+            batch_size=self.batch_size,
             seed=seed, progress=self.progress, **settings))
 
     def higher_derivatives(self, directions: Directions, D: int, *, direction_seed: int = 0) -> dict:

@@ -91,6 +91,7 @@ def sample_size_row(
     root: str | Path = "data",
     hidden: Sequence[int] = (256, 256),
     channels: Sequence[int] = (8, 16),
+    activation: str = "relu",
     epochs: int = 10,
     lr: float = 1e-3,
     train_batch_size: int = 64,
@@ -121,6 +122,7 @@ def sample_size_row(
         root: the data folder.
         hidden: the MLP's hidden widths.
         channels: the CNN's conv widths.
+        activation: the hidden nonlinearity (:func:`~hesslib.models.make_model`).
         epochs: training epochs.
         lr: Adam's learning rate.
         train_batch_size: the training mini-batch size.
@@ -148,8 +150,8 @@ def sample_size_row(
         raise ValueError(f"samples must be an integer >= 2 (for a standard error), got {samples!r}")
     data = load_dataset(dataset, root=root, limit=limit)
     config = dict(dataset=dataset, limit=len(data), model=model, hidden=list(hidden), channels=list(channels),
-                  epochs=epochs, lr=lr, train_batch_size=train_batch_size, seed=seed, batch_size=batch_size, D=D,
-                  sigma=float(sigma), samples=samples, eig_tol=eig_tol, device=str(device))
+                  activation=activation, epochs=epochs, lr=lr, train_batch_size=train_batch_size, seed=seed,
+                  batch_size=batch_size, D=D, sigma=float(sigma), samples=samples, eig_tol=eig_tol, device=str(device))
 
     computed = []
 
@@ -157,8 +159,8 @@ def sample_size_row(
         computed.append(True)
         start = time.perf_counter()
         net, record = train(dataset, model=model, limit=limit, root=root, hidden=hidden, channels=channels,
-                            lr=lr, epochs=epochs, batch_size=train_batch_size, seed=seed, device=device,
-                            cache_dir=None, progress=progress)
+                            activation=activation, lr=lr, epochs=epochs, batch_size=train_batch_size, seed=seed,
+                            device=device, cache_dir=None, progress=progress)
         trained = time.perf_counter()
         objective = Objective(net, data.X, data.y, batch_size=batch_size, device=device)
         eig = top_eigenpairs(objective, D, tol=eig_tol, seed=0, progress=progress)

@@ -266,6 +266,7 @@ def run_online_stopping(
     model: str = "mlp",
     hidden: tuple[int, ...] = (256, 256),
     channels: tuple[int, ...] = (8, 16),
+    activation: str = "relu",
     batch_size: int = 64,
     steps_per_batch: int = 20,
     lr: float = 1e-3,
@@ -291,6 +292,7 @@ def run_online_stopping(
         model: ``"linear"``, ``"mlp"`` or ``"cnn"``.
         hidden: the MLP's hidden widths.
         channels: the CNN's conv widths.
+        activation: the hidden nonlinearity (:func:`~hesslib.models.make_model`).
         batch_size: B, the samples per batch (also the training mini-batch size).
         steps_per_batch: Adam steps after each revealed batch.
         lr: Adam's learning rate.
@@ -319,7 +321,8 @@ def run_online_stopping(
     if N < 2:
         raise ValueError(f"need at least 2 full batches of {batch_size}, the data gives {len(data) // batch_size}")
     start = time.perf_counter()
-    net = make_model(model, data.input_shape, data.num_classes, hidden=hidden, channels=channels, seed=seed)
+    net = make_model(model, data.input_shape, data.num_classes, hidden=hidden, channels=channels,
+                     activation=activation, seed=seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     monitor = OnlineStopping(D=D, sigma=sigma, tol=tol, patience=patience, formula=formula,

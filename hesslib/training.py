@@ -72,6 +72,7 @@ def train(
     root: str | Path = "data",
     hidden: Sequence[int] = (256, 256),
     channels: Sequence[int] = (8, 16),
+    activation: str = "relu",
     loss: str = "cross_entropy",
     optimizer: str = "adam",
     lr: float = 1e-3,
@@ -99,6 +100,7 @@ def train(
         root: the data folder.
         hidden: the MLP's hidden widths.
         channels: the CNN's conv widths.
+        activation: the hidden nonlinearity, ``"relu"``, ``"gelu"`` or ``"tanh"``.
         loss: ``"cross_entropy"`` or ``"mse"``.
         optimizer: ``"adam"`` or ``"sgd"``.
         lr: the learning rate, > 0.
@@ -141,8 +143,8 @@ def train(
             test = None
     config = dict(
         dataset=dataset, limit=len(data), holdout=holdout, model=model, hidden=list(hidden),
-        channels=list(channels), loss=loss, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-        epochs=epochs, batch_size=batch_size, seed=seed, device=torch.device(device).type,
+        channels=list(channels), activation=activation, loss=loss, optimizer=optimizer, lr=lr,
+        weight_decay=weight_decay, epochs=epochs, batch_size=batch_size, seed=seed, device=torch.device(device).type,
     )
 
     def run() -> dict:
@@ -150,7 +152,8 @@ def train(
         return {"state_dict": {k: v.cpu() for k, v in net.state_dict().items()}, "record": asdict(record)}
 
     result = cached("train", config, run, cache_dir=cache_dir)
-    net = make_model(model, data.input_shape, data.num_classes, hidden=hidden, channels=channels)
+    net = make_model(model, data.input_shape, data.num_classes, hidden=hidden, channels=channels,
+                     activation=activation)
     net.load_state_dict(result["state_dict"])
     return net.to(device).eval(), TrainRecord(**result["record"])
 
@@ -160,7 +163,7 @@ def _fit(data: Dataset, test: Dataset | None, config: dict, *, device, progress:
 
     start = time.perf_counter()
     net = make_model(config["model"], data.input_shape, data.num_classes, hidden=config["hidden"],
-                     channels=config["channels"], seed=config["seed"]).to(device)
+                     channels=config["channels"], activation=config["activation"], seed=config["seed"]).to(device)
     params = net.parameters()
     if config["optimizer"] == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=config["lr"], weight_decay=config["weight_decay"])
