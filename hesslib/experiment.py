@@ -18,6 +18,7 @@ import torch
 
 from .cache import DEFAULT_CACHE_DIR, cached, project_root
 from .data import load_dataset
+from .diagnostics import Slices, activation_switches, quadratic_slices
 from .eigen import EigenMethod, EigenResult, top_eigenpairs
 from .estimators import (
     DeltaCurve,
@@ -55,6 +56,9 @@ class Experiment:
     Args:
         dataset: a name accepted by :func:`~hesslib.data.load_dataset`.
         limit: use the first ``limit`` samples of the fixed order (None: all).
+        holdout: test w* on the last ``holdout`` samples of the train split when the dataset has no test split
+            (:func:`~hesslib.training.train`; 0: the dataset's test split, if any). They must not overlap the first
+            ``limit``, and they never enter the analysis.
         model: ``"linear"``, ``"mlp"`` or ``"cnn"``.
         hidden: the MLP's hidden widths.
         channels: the CNN's conv widths.
@@ -84,6 +88,7 @@ class Experiment:
 
     dataset: str = "mnist5k"
     limit: int | None = None
+    holdout: int = 0
     model: str = "mlp"
     hidden: tuple[int, ...] = (256, 256)
     channels: tuple[int, ...] = (8, 16)
@@ -102,8 +107,8 @@ class Experiment:
     def __post_init__(self) -> None:
         self.hidden, self.channels = tuple(self.hidden), tuple(self.channels)
         self.net, self.record = train(
-            self.dataset, model=self.model, limit=self.limit, root=self.root, hidden=self.hidden,
-            channels=self.channels, activation=self.activation, lr=self.lr, epochs=self.epochs,
+            self.dataset, model=self.model, limit=self.limit, holdout=self.holdout, root=self.root,
+            hidden=self.hidden, channels=self.channels, activation=self.activation, lr=self.lr, epochs=self.epochs,
             batch_size=self.train_batch_size, seed=self.seed, device=self.device, cache_dir=self.cache_dir,
             progress=self.progress,
         )
@@ -111,24 +116,32 @@ class Experiment:
         self.objective = Objective(self.net, self.data.X, self.data.y, batch_size=self.batch_size, device=self.device)
 
     @classmethod
-    def from_parameters(cls, params: Mapping[str, Any], *, progress: bool = False) -> Experiment:
+    def from_parameters(cls, params: Mapping[str, Any], *, progress: bool = False, **overrides: Any) -> Experiment:
         """The experiment a notebook's parameters describe.
 
         Every key of ``params`` that names a field (``dataset``, ``limit``, ``model``, ``hidden``, ``channels``,
-        ``epochs``, ``lr``, ``train_batch_size``, ``seed``, ``batch_size``, ``device``, ``root``, ``cache_dir``)
-        is used, other keys are ignored (a notebook passes ``globals()``). ``cache_dir`` and the data folder
-        ``root`` (default ``data/``) are resolved against the project root, so a notebook runs the same from
-        ``notebooks/`` and from the repository root.
+        ``activation``, ``epochs``, ``lr``, ``train_batch_size``, ``seed``, ``batch_size``, ``device``, ``root``,
+        ``cache_dir``) is used, other keys are ignored (a notebook passes ``globals()``); ``holdout`` is never read
+        from ``params`` (a notebook's ``holdout`` belongs to its learning curve) and is given as an override.
+        ``cache_dir`` and the data folder ``root`` (default ``data/``) are resolved against the project root, so a
+        notebook runs the same from ``notebooks/`` and from the repository root.
 
         Args:
             params: a mapping of parameter names to values, e.g. a notebook's ``globals()``.
             progress: show progress bars.
+            **overrides: field values that replace those of ``params`` (e.g. ``limit=1000, holdout=1000``).
 
         Returns:
             The built :class:`Experiment` (w* trained or loaded).
+
+        Raises:
+            TypeError: if an override does not name a field.
         """
         names = {f.name for f in fields(cls) if f.init} - {"progress"}
-        kwargs = {name: params[name] for name in names if name in params}
+        unknown = set(overrides) - names
+        if unknown:
+            raise TypeError(f"unknown Experiment field(s) {sorted(unknown)}; the fields are {sorted(names)}")
+        kwargs = {name: params[name] for name in names - {"holdout"} if name in params} | overrides
         base = project_root()
         kwargs["root"] = base / kwargs.get("root", "data")
         if kwargs.get("cache_dir", DEFAULT_CACHE_DIR) is not None:
@@ -389,6 +402,58 @@ class Experiment:
                                          formula)
         curve.meta.update(key)
         return curve
+
+    def slices(self, directions: Directions, D: int, *, extent: float, points: int,
+               direction_seed: int = 0) -> Slices:
+        """L_N(w* + t·p_d) along each direction of P against its quadratic (cached).
+
+        :func:`~hesslib.diagnostics.quadratic_slices` on an evenly spaced grid of t.
+
+        Args:
+            directions: the subspace family (see :meth:`basis`).
+            D: the subspace dimension.
+            extent: the steps t run over [−extent, extent], > 0.
+            points: the steps per direction, ≥ 2 (an odd number includes t = 0).
+            direction_seed: seeds random directions.
+
+        Returns:
+            A :class:`~hesslib.diagnostics.Slices`.
+
+        Raises:
+            ValueError: if ``extent`` ≤ 0, ``points`` < 2 or ``directions`` is unknown.
+        """
+        if not extent > 0 or points < 2:
+            raise ValueError(f"need extent > 0 and points >= 2, got extent={extent!r}, points={points!r}")
+        key = dict(self._subspace_key(directions, D, direction_seed), extent=extent, points=points)
+        return self._cached("slices", key, lambda: quadratic_slices(
+            self.objective, self.basis(directions, D, direction_seed=direction_seed),
+            self.curvature(directions, D, direction_seed=direction_seed), np.linspace(-extent, extent, points)))
+
+    def activation_switches(self, directions: Directions, D: int, *, sigma: float, samples: int,
+                            direction_seed: int = 0, mc_seed: int = 0) -> tuple[list[str], np.ndarray]:
+        """Fraction of hidden units changing sides under θ ~ N(0, σ² I_D) (cached).
+
+        :func:`~hesslib.diagnostics.activation_switches` for θ drawn as in :meth:`loss_matrix`
+        (:func:`~hesslib.estimators.gaussian_thetas` with ``mc_seed``).
+
+        Args:
+            directions: the subspace family (see :meth:`basis`).
+            D: the subspace dimension.
+            sigma: σ, > 0.
+            samples: the number of θ, ≥ 1.
+            direction_seed: seeds random directions.
+            mc_seed: seeds θ.
+
+        Returns:
+            (names, fractions [samples, layers]).
+
+        Raises:
+            ValueError: as :func:`~hesslib.estimators.gaussian_thetas` and :meth:`basis`.
+        """
+        thetas = gaussian_thetas(D, sigma, samples, seed=mc_seed)
+        key = dict(self._subspace_key(directions, D, direction_seed), sigma=sigma, samples=samples, mc_seed=mc_seed)
+        return self._cached("switches", key, lambda: activation_switches(
+            self.objective, self.basis(directions, D, direction_seed=direction_seed), thetas))
 
     def surface(self, directions: Directions, *, extent: float, points: int,
                 direction_seed: int = 0) -> tuple[np.ndarray, torch.Tensor]:

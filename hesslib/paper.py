@@ -216,6 +216,8 @@ STORY = (
      "06_sample_size_vs_tolerance"),
     ("07_how_certain_is_K", "How certain is K", "How far do the batch order, the θ draws and the seed move K?",
      "07_K_intervals"),
+    ("08_why_the_quadratic_model_fails", "Why the quadratic model fails",
+     "Kinks, saturation, higher-order terms or heavy tails?", "08_sigma_scan"),
 )
 TITLE = "When does one more batch stop changing the loss landscape?"
 ABSTRACT = (

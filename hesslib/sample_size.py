@@ -24,6 +24,7 @@ from .estimators import (
     delta_from_losses,
     format_K,
     gaussian_thetas,
+    order_average,
     sample_size_curve,
     sufficient_sample_size,
 )
@@ -53,6 +54,8 @@ class SampleSizeRow:
         loss_at_K: L_K(w*) = (1/K) Σ_{i≤K} ℓ_i(w*) for each tolerance (None without K).
         train_accuracy: the training accuracy of w*.
         curve: the Monte Carlo Δ_k curve.
+        order_average: E_π[Δ_k] over all batch orders of the same loss matrix
+            (:func:`~hesslib.estimators.order_average`), the scale for a tolerance relative to Δ_1.
         seconds: the wall time of each step ("train", "eigen", "monte_carlo") as measured when the row was
             computed from scratch.
         threads: the CPU threads torch used then.
@@ -71,6 +74,7 @@ class SampleSizeRow:
     loss_at_K: list[float | None]
     train_accuracy: float
     curve: DeltaCurve
+    order_average: DeltaCurve
     seconds: dict[str, float]
     threads: int
     config: dict = field(default_factory=dict)
@@ -187,7 +191,8 @@ def sample_size_row(
                    for t in tolerances]
     return SampleSizeRow(dataset, model, int(m["num_params"]), N, [float(t) for t in tolerances], Ks,
                          [(float(a), float(b)) for a, b in zip(low, high, strict=True)], over_orders, loss_at_K,
-                         float(m["train_accuracy"]), curve, dict(m["seconds"]), int(m["threads"]), config,
+                         float(m["train_accuracy"]), curve, order_average(m["losses"], sigma=float(sigma)),
+                         dict(m["seconds"]), int(m["threads"]), config,
                          computed_now=bool(computed))
 
 

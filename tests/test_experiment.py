@@ -82,6 +82,26 @@ def test_from_parameters_uses_known_names_and_the_project_root(tmp_path, monkeyp
     assert relative.cache_dir == project_root() / "data/cache-x" and relative.progress
 
 
+def test_from_parameters_overrides_and_holdout(monkeypatch):
+    monkeypatch.setattr(Experiment, "__post_init__", lambda self: None)  # the fields only: train nothing
+    params = dict(TINY, holdout=500, activation="gelu")  # a notebook's `holdout` belongs to its learning curve
+    exp = Experiment.from_parameters(params)
+    assert exp.holdout == 0 and exp.activation == "gelu"
+    exp = Experiment.from_parameters(params, limit=96, holdout=200, activation="tanh")
+    assert (exp.limit, exp.holdout, exp.activation) == (96, 200, "tanh")
+    with pytest.raises(TypeError, match="sigmaa"):
+        Experiment.from_parameters(params, sigmaa=2)
+
+
+def test_activation_and_holdout_are_part_of_every_key(tmp_path):
+    base = Experiment(**TINY, cache_dir=tmp_path)
+    smooth = Experiment(**{**TINY, "activation": "tanh"}, cache_dir=tmp_path)
+    held = Experiment(**{**TINY, "holdout": 100}, cache_dir=tmp_path)
+    assert isinstance(smooth.net[2], torch.nn.Tanh) and held.record.test_accuracy is not None
+    keys = {config_key(e.config) for e in (base, smooth, held)}
+    assert len(keys) == 3 and len(list(tmp_path.glob("train-*.pt"))) == 3
+
+
 def test_config_key_is_stable_and_depends_on_every_setting(tmp_path):
     config = {"a": 1, "b": [1, 2]}
     assert config_key(config) == config_key({"b": [1, 2], "a": 1}) and len(config_key(config)) == 16

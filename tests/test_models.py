@@ -33,8 +33,20 @@ def test_seed_fixes_initialisation():
         ({"name": "resnet", "input_shape": (1, 8, 8)}, "model name must be one of"),
         ({"name": "mlp", "input_shape": (64,)}, "input_shape must be"),
         ({"name": "mlp", "input_shape": (1, 8, 8), "hidden": (0,)}, "positive widths"),
+        ({"name": "mlp", "input_shape": (1, 8, 8), "activation": "swish"}, "activation must be one of"),
     ],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_model(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_activation_replaces_every_relu_and_nothing_else(name):
+    relu = make_model(name, (1, 8, 8), seed=0)
+    for activation, kind in (("gelu", torch.nn.GELU), ("tanh", torch.nn.Tanh)):
+        smooth = make_model(name, (1, 8, 8), activation=activation, seed=0)
+        kinds = [type(m) for m in smooth]
+        assert kinds == [kind if t is torch.nn.ReLU else t for t in map(type, relu)] and kind in kinds
+        for a, b in zip(relu.parameters(), smooth.parameters(), strict=True):  # same initialisation
+            torch.testing.assert_close(a, b)
