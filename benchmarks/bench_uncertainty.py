@@ -4,8 +4,9 @@
     together, each with the same number of forward passes (``--samples``); the variance-reduction factor is
     plain s.e.² / new s.e.² (median over k, and its 5–95 % range), i.e. how many times fewer forward passes reach
     the same error. Agreement with plain Monte Carlo is reported as the largest |difference| / combined s.e.
-(b) The cost of each estimate: the second-order closed form (one ``projected_hessians`` pass), plain Monte Carlo
-    (``subspace_losses`` for the θ), the control variate (both), against one full-data gradient.
+(b) The cost of each estimate: the second-order closed form (one ``projected_hessians`` pass), the estimate exact
+    to σ⁴ (that pass plus one ``projected_higher_derivatives`` pass), plain Monte Carlo (``subspace_losses`` for
+    the θ), the control variate (both), against one full-data gradient.
 (c) The time to compute K for 1,000 random batch orders from the cached [T, N] loss matrix.
 
 Every ratio is against a baseline measured in the same run. Run: ``python benchmarks/bench_uncertainty.py``.
@@ -19,8 +20,14 @@ import time
 import numpy as np
 
 import hesslib
-from hesslib.estimators import delta_control_variate, delta_from_curvature, delta_from_losses, gaussian_thetas
-from hesslib.hessian import projected_hessians
+from hesslib.estimators import (
+    delta_control_variate,
+    delta_fourth_order,
+    delta_from_curvature,
+    delta_from_losses,
+    gaussian_thetas,
+)
+from hesslib.hessian import projected_hessians, projected_higher_derivatives
 from hesslib.subspace import subspace_losses
 
 
@@ -71,10 +78,15 @@ def main() -> None:
         print(f"{sigma:6g} | {cells[0]:>22} | {cells[1]:>22} | {cells[2]:>22} | {zmax:16.2f}")
         costs[sigma] = (mc_s, cv_s)
     _, so_s = timed(lambda: delta_from_curvature(curvature, 1.0, "second_order"))
+    higher, higher_s = timed(lambda: projected_higher_derivatives(obj, P))
+    _, fo_s = timed(lambda: delta_fourth_order(curvature, higher, 1.0))
     mc_s, cv_s = costs[args.sigmas[-1]]
     print("\n(b) cost, in seconds and in gradients")
     print(f"  second-order estimate: curvature pass {curv_s:.2f} s ({curv_s / grad_s:.1f} gradients) + all-k formula "
           f"{so_s * 1e3:.1f} ms")
+    print(f"  estimate exact to σ⁴: the curvature pass + higher-derivative pass {higher_s:.2f} s "
+          f"({higher_s / grad_s:.1f} gradients, {higher_s / curv_s:.1f}× the curvature pass) + all-k formula "
+          f"{fo_s * 1e3:.1f} ms")
     print(f"  plain Monte Carlo, {args.samples} θ: {mc_s:.2f} s ({mc_s / grad_s:.1f} gradients)")
     print(f"  control variate: the same forward passes + the curvature pass + {cv_s * 1e3:.1f} ms "
           f"({(mc_s + curv_s) / mc_s:.2f}× plain Monte Carlo's time)")

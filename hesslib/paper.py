@@ -163,8 +163,10 @@ def clean_notebook(nb: dict) -> dict:
     """An executed notebook without what changes from run to run.
 
     Removed: papermill's and Jupyter's timing metadata (per cell and per notebook) and widget state; the random
-    id of papermill's injected-parameters cell becomes ``"injected-parameters"``. Outputs, execution counts and
-    the ids of the notebook's own cells stay.
+    id of papermill's injected-parameters cell becomes ``"injected-parameters"``; consecutive stream outputs of
+    one cell to the same stream are merged into one (how the kernel splits them depends on timing: a cold run
+    that computes between two prints splits where a cached one does not). Outputs, execution counts and the ids of
+    the notebook's own cells stay.
     """
     nb = json.loads(json.dumps(nb))
     for key in VOLATILE_NOTEBOOK_KEYS:
@@ -174,7 +176,22 @@ def clean_notebook(nb: dict) -> dict:
             cell.get("metadata", {}).pop(key, None)
         if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
             cell["id"] = "injected-parameters"  # papermill draws a random id for the cell it adds
+        if "outputs" in cell:
+            cell["outputs"] = _merged_streams(cell["outputs"])
     return nb
+
+
+def _merged_streams(outputs: list[dict]) -> list[dict]:
+    """``outputs`` with each run of consecutive stream outputs to the same stream joined into one."""
+    merged: list[dict] = []
+    for out in outputs:
+        if (out.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream"
+                and merged[-1].get("name") == out.get("name")):
+            text = "".join(merged[-1]["text"]) + "".join(out["text"])
+            merged[-1]["text"] = text.splitlines(keepends=True)
+        else:
+            merged.append(out)
+    return merged
 
 
 def write_rendered(executed: Path, folder: Path) -> Path:

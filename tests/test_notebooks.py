@@ -179,6 +179,21 @@ def test_clean_notebook_drops_only_volatile_metadata():
     assert "papermill" in nb["metadata"], "the input is not modified"
 
 
+def test_clean_notebook_merges_stream_outputs_split_by_timing():
+    split = [{"output_type": "stream", "name": "stdout", "text": ["a\n", "b\n"]},
+             {"output_type": "stream", "name": "stdout", "text": "c\nd"},
+             {"output_type": "stream", "name": "stderr", "text": ["warn\n"]},
+             {"output_type": "stream", "name": "stdout", "text": ["e\n"]},
+             {"output_type": "display_data", "data": {}, "metadata": {}}]
+    nb = {"metadata": {}, "cells": [{"cell_type": "code", "metadata": {}, "outputs": split, "source": ""}]}
+    outputs = paper.clean_notebook(nb)["cells"][0]["outputs"]
+    assert [o.get("name") for o in outputs] == ["stdout", "stderr", "stdout", None]
+    assert outputs[0]["text"] == ["a\n", "b\n", "c\n", "d"]
+    whole = {"metadata": {}, "cells": [{"cell_type": "code", "metadata": {}, "outputs": [
+        {"output_type": "stream", "name": "stdout", "text": ["a\n", "b\n", "c\n", "d"]}], "source": ""}]}
+    assert paper.clean_notebook(whole)["cells"][0]["outputs"] == [outputs[0]], "split or not, the same bytes"
+
+
 # ---- (b) byte-identical figures and rendered notebooks on a rerun ----------------------------------------------
 def test_rerun_gives_byte_identical_figures_and_rendered_notebooks(paper_run, tmp_path):
     assert paper_run["rc"] == 0
