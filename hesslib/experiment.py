@@ -403,31 +403,37 @@ class Experiment:
         curve.meta.update(key)
         return curve
 
-    def slices(self, directions: Directions, D: int, *, extent: float, points: int,
+    def slices(self, directions: Directions, D: int, *, extent: float, points: int, smallest: float = 1e-3,
                direction_seed: int = 0) -> Slices:
         """L_N(w* + t·p_d) along each direction of P against its quadratic (cached).
 
-        :func:`~hesslib.diagnostics.quadratic_slices` on an evenly spaced grid of t.
+        :func:`~hesslib.diagnostics.quadratic_slices` on a grid that resolves both small and large steps: t = 0 and
+        ±``points`` steps spaced geometrically from ``smallest``·``extent`` to ``extent`` (2·points + 1 in all).
 
         Args:
             directions: the subspace family (see :meth:`basis`).
             D: the subspace dimension.
-            extent: the steps t run over [−extent, extent], > 0.
-            points: the steps per direction, ≥ 2 (an odd number includes t = 0).
+            extent: the largest |t|, > 0.
+            points: the steps per side, ≥ 2.
+            smallest: the smallest |t| as a fraction of ``extent``, in (0, 1).
             direction_seed: seeds random directions.
 
         Returns:
             A :class:`~hesslib.diagnostics.Slices`.
 
         Raises:
-            ValueError: if ``extent`` ≤ 0, ``points`` < 2 or ``directions`` is unknown.
+            ValueError: if ``extent`` ≤ 0, ``points`` < 2, ``smallest`` is outside (0, 1) or ``directions`` is
+                unknown.
         """
-        if not extent > 0 or points < 2:
-            raise ValueError(f"need extent > 0 and points >= 2, got extent={extent!r}, points={points!r}")
-        key = dict(self._subspace_key(directions, D, direction_seed), extent=extent, points=points)
+        if not extent > 0 or points < 2 or not 0 < smallest < 1:
+            raise ValueError(f"need extent > 0, points >= 2 and 0 < smallest < 1, got extent={extent!r}, "
+                             f"points={points!r}, smallest={smallest!r}")
+        side = extent * np.geomspace(smallest, 1.0, points)
+        t = np.concatenate([-side[::-1], [0.0], side])
+        key = dict(self._subspace_key(directions, D, direction_seed), extent=extent, points=points, smallest=smallest)
         return self._cached("slices", key, lambda: quadratic_slices(
             self.objective, self.basis(directions, D, direction_seed=direction_seed),
-            self.curvature(directions, D, direction_seed=direction_seed), np.linspace(-extent, extent, points)))
+            self.curvature(directions, D, direction_seed=direction_seed), t))
 
     def activation_switches(self, directions: Directions, D: int, *, sigma: float, samples: int,
                             direction_seed: int = 0, mc_seed: int = 0) -> tuple[list[str], np.ndarray]:
