@@ -12,7 +12,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 PARAMS ?=
 PARAMS_FILE ?=
 
-.PHONY: all paper test lint lab bench clean clean-cache env
+.PHONY: all paper test verify lint lab bench clean clean-cache env
 
 all: paper
 
@@ -28,6 +28,12 @@ $(STAMP): pyproject.toml $(LOCK)
 
 paper: $(STAMP)
 	$(BIN)/python -m hesslib.paper --build $(BUILD) $(if $(PARAMS_FILE),--params-file $(PARAMS_FILE)) $(PARAMS)
+
+# Compare the last run's figures/RESULTS.json with the committed one (tolerances in hesslib/verify.py);
+# VERIFY=--rerun reruns the paper into build/verify first, VERIFY="--rerun --cold" with an empty cache.
+VERIFY ?=
+verify: $(STAMP)
+	$(BIN)/python -m hesslib.verify $(VERIFY)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -4,7 +4,8 @@ The modules follow the method: data -> models -> training -> operators / hessian
 operator, per-batch projected curvature) -> eigen (top-D eigenpairs) -> subspace (w = w* + Pθ) -> estimators
 (Δ_k by Monte Carlo and in closed form, K) -> diagnostics (why the quadratic model fails) -> uncertainty (K over
 batch orders, θ draws, seeds) -> surfaces (2-D grids) -> experiment (cached pipeline) -> sample_size (the paper's
-Table 1) and stopping (the online rule) -> plots, results and paper (figures, findings in words, `make paper`).
+Table 1) and stopping (the online rule) -> parameters (checked before any work) -> plots, results and paper
+(figures, findings in words, `make paper`).
 
 ``__all__`` lists what a user of the method calls; result types (``EigenResult``, ``ProjectedCurvature``, ...)
 and helpers stay in their modules.
@@ -43,6 +44,7 @@ from .experiment import Experiment  # noqa: E402
 from .hessian import Objective, curvature_spread, projected_hessians, projected_higher_derivatives  # noqa: E402
 from .models import make_model  # noqa: E402
 from .operators import DenseOperator, Operator  # noqa: E402
+from .parameters import ParameterError, check_parameters  # noqa: E402
 from .results import record, share, show_findings, times  # noqa: E402
 from .sample_size import format_table, sample_size_table, table_cells  # noqa: E402
 from .stopping import OnlineStopping, run_online_stopping  # noqa: E402
@@ -81,6 +83,6 @@ __all__ = [
     "surfaces_at", "surface_limits", "surface_change_curves",
     # the cached pipeline, the paper's Table 1 and the online rule
     "Experiment", "sample_size_table", "format_table", "table_cells", "OnlineStopping", "run_online_stopping",
-    # the paper: headline numbers and findings in words
-    "record", "show_findings", "times", "share",
+    # the paper: parameters checked before any work, headline numbers and findings in words
+    "check_parameters", "ParameterError", "record", "show_findings", "times", "share",
 ]

@@ -33,6 +33,7 @@ from .estimators import (
     paper_eigenvalues,
 )
 from .hessian import Objective, ProjectedCurvature, projected_hessians, projected_higher_derivatives
+from .parameters import ParameterError, check_choice, check_int, check_parameters, check_positive
 from .stopping import OnlineResult, run_online_stopping
 from .subspace import grid_thetas, random_directions, subspace_losses
 from .training import train
@@ -80,9 +81,12 @@ class Experiment:
         objective: the :class:`~hesslib.hessian.Objective` L(w) over N batches of B, around w*.
 
     Raises:
+        ParameterError: (a ValueError) for a setting outside its range (an unknown dataset, model or activation,
+            ``batch_size`` leaving fewer than 2 batches, ``epochs`` < 1, ...; :func:`~hesslib.check_parameters`),
+            before any data is loaded or w* trained; each method checks its own arguments the same way (σ > 0,
+            samples ≥ 1, 1 ≤ D < M, ...).
         ValueError: for settings that :func:`~hesslib.training.train`, :func:`~hesslib.data.load_dataset` or
-            :class:`~hesslib.hessian.Objective` reject (e.g. an unknown dataset or model, ``batch_size`` outside
-            [1, n]).
+            :class:`~hesslib.hessian.Objective` reject.
         FileNotFoundError: if the dataset's files are missing.
     """
 
@@ -106,6 +110,9 @@ class Experiment:
 
     def __post_init__(self) -> None:
         self.hidden, self.channels = tuple(self.hidden), tuple(self.channels)
+        check_parameters({name: getattr(self, name) for name in (
+            "dataset", "model", "hidden", "channels", "activation", "batch_size", "limit", "holdout", "epochs",
+            "lr", "train_batch_size", "seed", "device")})  # before any data is loaded or w* trained
         self.net, self.record = train(
             self.dataset, model=self.model, limit=self.limit, holdout=self.holdout, root=self.root,
             hidden=self.hidden, channels=self.channels, activation=self.activation, lr=self.lr, epochs=self.epochs,
@@ -156,14 +163,22 @@ class Experiment:
         config["limit"] = len(self.data)
         return config
 
+    @staticmethod
+    def _check_draws(sigma: float, samples: int) -> None:
+        """σ must be a finite number > 0 and the number of θ an integer ≥ 1 (:class:`ParameterError` otherwise)."""
+        check_positive("sigma", sigma)
+        check_int("samples", samples, 1)
+
     def _cached(self, namespace: str, extra: dict, compute):
         """``compute()`` memoised under ``namespace``, keyed by :attr:`config` plus ``extra``."""
         return cached(namespace, {**self.config, **extra}, compute, cache_dir=self.cache_dir)
 
     def _subspace_key(self, directions: Directions, D: int, direction_seed: int) -> dict:
         """What identifies P: the family, D, and the seed of random directions (Hessian ones have none)."""
-        if directions not in DIRECTIONS:
-            raise ValueError(f"directions must be one of {DIRECTIONS}, got {directions!r}")
+        check_choice("directions", directions, DIRECTIONS)
+        M = self.objective.num_params
+        high = M - 1 if directions == "hessian" else M
+        check_int("D", D, 1, high, f"the {directions} subspace of M = {M:,} parameters")
         if directions == "hessian":
             return dict(directions=directions, D=D, direction_seed=None)
         return dict(directions=directions, D=D, direction_seed=direction_seed,
@@ -220,7 +235,7 @@ class Experiment:
         Args:
             directions: ``"hessian"``, ``"random"`` or ``"random_orthonormal"`` (see :meth:`basis`).
             D: the subspace dimension.
-            sigma: σ (not validated here; > 0 is the intended use).
+            sigma: σ, a finite number > 0.
             samples: T, the number of θ.
             direction_seed: seeds random directions.
             mc_seed: seeds the draw of θ (:func:`~hesslib.estimators.gaussian_thetas`).
@@ -231,6 +246,7 @@ class Experiment:
         Raises:
             ValueError: if ``directions`` is unknown or ``D`` is out of range.
         """
+        self._check_draws(sigma, samples)
         key = dict(self._subspace_key(directions, D, direction_seed), sigma=sigma, samples=samples, mc_seed=mc_seed)
         return self._cached("losses", key, lambda: subspace_losses(
             self.objective, self.basis(directions, D, direction_seed=direction_seed),
@@ -390,6 +406,7 @@ class Experiment:
             ValueError: if ``directions`` or ``formula`` is unknown, ``D`` is out of range, ``sigma`` is not a
                 finite number > 0, or there are fewer than 2 batches.
         """
+        check_positive("sigma", sigma)
         key = self._subspace_key(directions, D, direction_seed)
         if formula == "paper":
             curve = delta_from_eigenvalues(self.paper_eigenvalues(D)["eigenvalues"], sigma)
@@ -425,9 +442,10 @@ class Experiment:
             ValueError: if ``extent`` ≤ 0, ``points`` < 2, ``smallest`` is outside (0, 1) or ``directions`` is
                 unknown.
         """
-        if not extent > 0 or points < 2 or not 0 < smallest < 1:
-            raise ValueError(f"need extent > 0, points >= 2 and 0 < smallest < 1, got extent={extent!r}, "
-                             f"points={points!r}, smallest={smallest!r}")
+        check_positive("extent", extent)
+        check_int("points", points, 2)
+        if not 0 < smallest < 1:
+            raise ParameterError("smallest", smallest, "a number in (0, 1)")
         side = extent * np.geomspace(smallest, 1.0, points)
         t = np.concatenate([-side[::-1], [0.0], side])
         key = dict(self._subspace_key(directions, D, direction_seed), extent=extent, points=points, smallest=smallest)
@@ -456,8 +474,9 @@ class Experiment:
         Raises:
             ValueError: as :func:`~hesslib.estimators.gaussian_thetas` and :meth:`basis`.
         """
-        thetas = gaussian_thetas(D, sigma, samples, seed=mc_seed)
+        self._check_draws(sigma, samples)
         key = dict(self._subspace_key(directions, D, direction_seed), sigma=sigma, samples=samples, mc_seed=mc_seed)
+        thetas = gaussian_thetas(D, sigma, samples, seed=mc_seed)
         return self._cached("switches", key, lambda: activation_switches(
             self.objective, self.basis(directions, D, direction_seed=direction_seed), thetas))
 

@@ -26,14 +26,14 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import yaml
 
 from .cache import project_root
-from .plots import FIGURE_LOG_ENV
+from .plots import FIGURE_LOG_ENV, FIGURE_STAGING_ENV
 from .results import RESULTS_LOG_ENV
 
 
@@ -93,46 +93,116 @@ def _read_log(path: Path) -> list[dict]:
     return entries
 
 
-def run_notebook(nb: Path, out_dir: Path, params: dict, *,
-                 progress: bool = True) -> tuple[Path, dict, list[dict], list[dict]]:
-    """Execute one notebook with the parameters it declares.
-
-    Returns:
-        (executed path, effective parameters, figures it saved, numbers it recorded).
-    """
+def declared_parameters(nb: Path) -> dict:
+    """The parameters ``nb`` declares in its ``parameters`` cell, name → default value."""
     import papermill as pm
 
+    return {k: parameter_value(spec["default"]) for k, spec in pm.inspect_notebook(str(nb)).items()}
+
+
+def unknown_parameters(given: dict[str, str], declared: dict[str, set[str]]) -> str | None:
+    """The error for a parameter name that no notebook declares, with the closest valid names; None if all are known.
+
+    Args:
+        given: each parameter name mapped to where it came from (``"-p"`` or the params file's name).
+        declared: for each place, the names the notebooks it applies to declare (``-p`` names must be declared by a
+            notebook being run, a params file's by any notebook of the story, since one file serves every run).
+    """
+    import difflib
+
+    for name, source in given.items():
+        valid = declared[source]
+        if name not in valid:
+            close = difflib.get_close_matches(name, sorted(valid), n=3, cutoff=0.6)
+            hint = (f"; did you mean {' or '.join(close)}?" if close
+                    else f"; the parameters are {', '.join(sorted(valid))}")
+            return f"unknown parameter {name!r} (from {source}): no notebook run here declares it{hint}"
+    return None
+
+
+def run_notebook(nb: Path, out_dir: Path, params: dict, *, progress: bool = True,
+                 staging: Path | None = None) -> tuple[Path, list[dict], list[dict]]:
+    """Execute one notebook with the parameters of ``params`` that it declares.
+
+    With ``staging``, the figures the notebook saves are written there (``$HESSLIB_FIGURE_STAGING``) and moved into
+    place only after it succeeds. The kernel talks over IPC sockets (no unencrypted-TCP warning).
+
+    Returns:
+        (executed path, figures it saved, numbers it recorded).
+    """
+    import papermill as pm
+    from traitlets.config import Config
+
     root = project_root(nb.parent)
-    declared = pm.inspect_notebook(str(nb))
+    declared = declared_parameters(nb)
     used = {k: v for k, v in params.items() if k in declared}
-    effective = {k: (used[k] if k in used else parameter_value(spec["default"])) for k, spec in declared.items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / "notebooks" / nb.name
     tmp = out_dir / "notebooks" / f".{nb.stem}.running.ipynb"
     failed = out_dir / "failed" / nb.name
     final.parent.mkdir(parents=True, exist_ok=True)
     final.unlink(missing_ok=True)
+    if staging is not None:
+        shutil.rmtree(staging, ignore_errors=True)
     with (_logging_to(FIGURE_LOG_ENV, out_dir / f".{nb.stem}.figures.jsonl") as figure_log,
-          _logging_to(RESULTS_LOG_ENV, out_dir / f".{nb.stem}.results.jsonl") as results_log):
+          _logging_to(RESULTS_LOG_ENV, out_dir / f".{nb.stem}.results.jsonl") as results_log,
+          _environment(FIGURE_STAGING_ENV, None if staging is None else str(staging))):
         try:
             pm.execute_notebook(str(nb), str(tmp), parameters=used, cwd=str(root), kernel_name="python3",
-                                progress_bar=progress, request_save_on_cell_execute=False)
+                                progress_bar=progress, request_save_on_cell_execute=False,
+                                config=Config({"KernelManager": {"transport": "ipc"}}))
         except BaseException:
             failed.parent.mkdir(parents=True, exist_ok=True)
             if tmp.exists():
                 os.replace(tmp, failed)
             _read_log(figure_log), _read_log(results_log)
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
             raise
+        figures = _read_log(figure_log)
+        for fig in figures:
+            for staged, target in zip(fig.pop("staged", []), fig["files"], strict=True):
+                _install(Path(staged), Path(target))
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     os.replace(tmp, final)
     results = [{**entry, "notebook": f"notebooks/{nb.name}"} for entry in _read_log(results_log)]
-    return final, effective, _read_log(figure_log), results
+    return final, figures, results
+
+
+@contextmanager
+def _environment(name: str, value: str | None) -> Iterator[None]:
+    """Set (or, with None, leave unset) ``$name`` for the duration, restoring it afterwards."""
+    before = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+        if before is not None:
+            os.environ[name] = before
+
+
+def _install(staged: Path, target: Path) -> None:
+    """Move a staged file to ``target`` atomically (via a temporary copy beside it across file systems)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(staged, target)
+    except OSError:
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(staged, tmp)
+        os.replace(tmp, target)
+        staged.unlink(missing_ok=True)
 
 
 def render_html(executed: Path, out_dir: Path) -> Path:
     """Render an executed notebook to ``out_dir/html/<name>.html`` (written atomically); returns its path."""
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter().from_filename(str(executed))
+    exporter = HTMLExporter()
+    exporter.log.setLevel("ERROR")  # not one "alternative text is missing" warning per figure on the console
+    body, _ = exporter.from_filename(str(executed))
     html = out_dir / "html" / f"{executed.stem}.html"
     html.parent.mkdir(parents=True, exist_ok=True)
     tmp = html.with_name(f".{html.name}.tmp")
@@ -141,14 +211,38 @@ def render_html(executed: Path, out_dir: Path) -> Path:
     return html
 
 
+def machine() -> dict:
+    """What determines a figure's bytes besides the code and the parameters: library versions, threads, CPU, OS."""
+    import platform
+
+    import matplotlib
+    import numpy
+    import torch
+
+    from .training import TRAINING_THREADS
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+            "matplotlib": matplotlib.__version__, "torch_threads": torch.get_num_threads(),
+            "training_threads": TRAINING_THREADS, "cpu": cpu, "cpu_count": os.cpu_count(),
+            "platform": platform.platform()}
+
+
 def write_manifest(path: Path, entries: list[dict], commit: str) -> None:
-    """figures/MANIFEST.json: every figure file with its notebook, parameters, git commit and sha256."""
+    """figures/MANIFEST.json: every figure file with its notebook, parameters, sha256, the git commit and machine."""
     path.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(path.read_text()) if path.exists() else {}
     figures = {f["name"]: f for f in old.get("figures", [])}
     for entry in entries:
         figures[entry["name"]] = entry
-    manifest = {"git_commit": commit, "figures": [figures[k] for k in sorted(figures)]}
+    manifest = {"git_commit": commit, "machine": machine(), "figures": [figures[k] for k in sorted(figures)]}
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
@@ -339,8 +433,86 @@ def parse_params(pairs: list[list[str]], params_file: str | None) -> dict:
     return params
 
 
+@contextmanager
+def paper_lock(folders: list[Path]) -> Iterator[None]:
+    """Hold a lock on each of ``folders`` for the duration, or raise :class:`RuntimeError` if another run holds one.
+
+    The locks are ``flock``s on files in the system's temporary folder, named by a hash of each folder's absolute
+    path, so two runs writing the same build, figure or rendered folder exclude each other wherever their other
+    folders are, nothing is written into the project, and a lock dies with its process however it ends (Ctrl-C,
+    a kill): a lock left by a dead run never blocks the next one.
+    """
+    import fcntl
+    import tempfile
+
+    lock_dir = Path(tempfile.gettempdir()) / "hesslib-locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        for folder in sorted({Path(f).resolve() for f in folders}):
+            digest = hashlib.sha256(str(folder).encode()).hexdigest()[:16]
+            fh = stack.enter_context(open(lock_dir / f"{digest}.lock", "a+"))
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "another process"
+                raise RuntimeError(f"another run is writing to {folder} ({holder}); wait for it to finish or stop "
+                                   f"it, then run again") from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            fh.flush()
+        yield
+
+
+def remove_leftovers(locked: Sequence[Path], shared: Sequence[Path] = (), *, min_age_s: float = 600.0) -> int:
+    """Delete what an interrupted run can leave behind: temporary files and staged figures.
+
+    Only names that this package's writers use for unfinished work are removed: ``.<name>.tmp`` and
+    ``.<name>.<random>.tmp`` files, ``.<stem>.running.ipynb``, the runner's ``.<stem>.*.jsonl`` logs and the
+    ``.staging`` folder. In ``locked`` folders (held by :func:`paper_lock`) they are all removed; in ``shared`` ones
+    (a cache another process may be writing to) only temporary files older than ``min_age_s``.
+    Returns how many were removed.
+    """
+    removed = 0
+    now = time.time()
+    for folder, is_locked in [*((f, True) for f in locked), *((f, False) for f in shared)]:
+        if not folder.is_dir():
+            continue
+        patterns = (".*.tmp", ".*.running.ipynb", ".*.jsonl") if is_locked else (".*.tmp",)
+        for pattern in patterns:
+            for leftover in folder.glob(pattern):
+                try:
+                    if is_locked or now - leftover.stat().st_mtime > min_age_s:
+                        leftover.unlink()
+                        removed += 1
+                except FileNotFoundError:  # its writer finished it meanwhile
+                    pass
+        if is_locked and (folder / ".staging").is_dir():
+            shutil.rmtree(folder / ".staging")
+            removed += 1
+    return removed
+
+
+def _failure(nb: Path, exc: BaseException, out_dir: Path) -> str:
+    """One line saying which notebook failed, in which cell, with which error, and where the details are."""
+    from papermill.exceptions import PapermillExecutionError
+
+    where = out_dir / "failed" / nb.name
+    if isinstance(exc, PapermillExecutionError):
+        return (f"{nb.name} failed in cell [{exc.exec_count}]: {exc.ename}: {exc.evalue} "
+                f"(traceback in {os.path.relpath(where)})")
+    return f"{nb.name} failed: {type(exc).__name__}: {exc} (partial notebook in {os.path.relpath(where)})"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """The ``python -m hesslib.paper`` command line (see the module docstring); returns the exit status."""
+    """The ``python -m hesslib.paper`` command line (see the module docstring); returns the exit status.
+
+    Exit status: 0 on success, 1 if a notebook fails, 2 for a bad parameter (unknown name or value out of
+    range; found before anything runs) or another run holding the lock, 130 on Ctrl-C.
+    """
+    from .parameters import ParameterError, check_parameters
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--build", default="build", help="folder for executed notebooks and HTML")
     parser.add_argument("--params-file", help="YAML file of notebook parameters")
@@ -352,44 +524,82 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     root = project_root()
-    params = parse_params(args.param, args.params_file)
+    try:
+        params = parse_params(args.param, args.params_file)
+    except (OSError, yaml.YAMLError) as exc:
+        print(f"hesslib.paper: cannot read the parameters: {exc}", file=sys.stderr)
+        return 2
     out_dir = (root / args.build).resolve()
+    story = notebooks(root)
     todo = notebooks(root, args.only)
     if not todo:
-        print("no notebooks found in notebooks/", file=sys.stderr)
+        print(f"hesslib.paper: no notebook in notebooks/ matches --only {args.only!r}", file=sys.stderr)
         return 1
+    declared = {nb: declared_parameters(nb) for nb in story}
+    sources = {name: f"--params-file {args.params_file}" for name in params} | {name: "-p" for name, _ in args.param}
+    error = unknown_parameters(sources, {
+        "-p": set().union(*(declared[nb] for nb in todo)),
+        **{src: set().union(*declared.values()) for src in sources.values() if src != "-p"}})
+    if error:
+        print(f"hesslib.paper: {error}", file=sys.stderr)
+        return 2
+    for nb in todo:
+        try:
+            check_parameters(declared[nb] | {k: v for k, v in params.items() if k in declared[nb]})
+        except ParameterError as exc:
+            print(f"hesslib.paper: {nb.name}: {exc}", file=sys.stderr)
+            return 2
     params, rendered = output_places(params, root=root, out_dir=out_dir, rendered=args.rendered)
+    figure_dirs = {root / params.get("output_dir", declared[nb].get("output_dir", "figures")) for nb in todo}
+    try:
+        with paper_lock([out_dir, *figure_dirs, *([rendered] if rendered else [])]):
+            return _run(todo, declared, params, root=root, out_dir=out_dir, rendered=rendered,
+                        figure_dirs=figure_dirs, progress=not args.no_progress)
+    except RuntimeError as exc:
+        print(f"hesslib.paper: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nhesslib.paper: interrupted; the notebooks that finished are in place, the one that was running "
+              "changed nothing. Run again to finish.", file=sys.stderr)
+        return 130
+
+
+def _run(todo: list[Path], declared: dict[Path, dict], params: dict, *, root: Path, out_dir: Path,
+         rendered: Path | None, figure_dirs: set[Path], progress: bool) -> int:
+    """Run ``todo`` in order under the lock, installing each notebook's outputs as soon as it succeeds."""
+    cache_dirs = {root / (params.get("cache_dir") or declared[nb].get("cache_dir") or "data/cache") for nb in todo}
+    removed = remove_leftovers([*figure_dirs, out_dir, out_dir / "notebooks"], [*cache_dirs])
+    if removed:
+        print(f"removed {removed} leftover(s) of an interrupted run", flush=True)
     commit = git_commit(root)
-    figure_entries: dict[str, list[dict]] = {}
-    result_entries: dict[str, list[dict]] = {}
     start = time.perf_counter()
+    figures_dir = root / "figures"
     for i, nb in enumerate(todo, 1):
         print(f"[{i}/{len(todo)}] {nb.name}", flush=True)
         t0 = time.perf_counter()
         try:
-            executed, used, figures, results = run_notebook(nb, out_dir, params, progress=not args.no_progress)
-        except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
-            print(f"\n{nb.name} FAILED: {exc}\nThe partial notebook is in {out_dir / 'failed' / nb.name}",
-                  file=sys.stderr)
+            executed, figures, results = run_notebook(nb, out_dir, params, progress=progress,
+                                                      staging=out_dir / ".staging")
+        except Exception as exc:  # papermill raises PapermillExecutionError with the cell's error
+            print(f"\n{_failure(nb, exc, out_dir)}", file=sys.stderr)
             return 1
+        used = declared[nb] | {k: v for k, v in params.items() if k in declared[nb]}
         render_html(executed, out_dir)
         if rendered is not None:
             write_rendered(executed, rendered)
+        by_folder: dict[Path, list[dict]] = {}
         for fig in figures:
             files = {Path(f).suffix[1:]: {"path": os.path.relpath(f, root), "sha256": sha256(Path(f))}
                      for f in fig["files"]}
-            figure_entries.setdefault(str(Path(fig["files"][0]).parent), []).append(
+            by_folder.setdefault(Path(fig["files"][0]).parent, []).append(
                 {"name": fig["name"], "notebook": f"notebooks/{nb.name}", "parameters": used, "files": files})
-        output_dir = str((root / used.get("output_dir", "figures")).resolve())
-        result_entries.setdefault(output_dir, []).extend(results)
+        for folder, entries in by_folder.items():
+            write_manifest(folder / "MANIFEST.json", entries, commit)
+        figures_dir = (root / used.get("output_dir", "figures")).resolve()
+        if results:
+            write_results(figures_dir / "RESULTS.json", results)
         print(f"    done in {time.perf_counter() - t0:.1f} s, {len(figures)} figure(s), {len(results)} number(s)",
               flush=True)
-    for folder, figs in figure_entries.items():
-        write_manifest(Path(folder) / "MANIFEST.json", figs, commit)
-    for folder, entries in result_entries.items():
-        if entries:
-            write_results(Path(folder) / "RESULTS.json", entries)
-    figures_dir = Path(next(iter(result_entries), root / "figures"))
     results_file = figures_dir / "RESULTS.json"
     all_results = json.loads(results_file.read_text())["results"] if results_file.exists() else {}
     index = write_index(out_dir, figures_dir, all_results)

@@ -14,6 +14,7 @@ from .cache import project_root
 from .estimators import DeltaCurve
 
 FIGURE_LOG_ENV = "HESSLIB_FIGURE_LOG"  # set by `make paper` to record which notebook wrote which figure
+FIGURE_STAGING_ENV = "HESSLIB_FIGURE_STAGING"  # set by `make paper`: figures wait there until their notebook succeeds
 STYLE = {
     "figure.dpi": 80,  # inline images in the notebooks, sized for reading; files use savefig.dpi
     "savefig.dpi": 150,
@@ -38,22 +39,31 @@ def save_figure(fig: plt.Figure, name: str, folder: str | Path = "figures") -> l
     The files are byte-identical on re-runs and are recorded for the figure manifest when
     ``$HESSLIB_FIGURE_LOG`` is set. A relative ``folder`` is taken from the project root
     (:func:`~hesslib.cache.project_root`), so notebooks write to the same place from JupyterLab and from
-    ``make paper``. Returns the two paths.
+    ``make paper``. Each file is written to a temporary name and renamed into place. When ``$HESSLIB_FIGURE_STAGING``
+    names a folder (``make paper`` sets it), the files are written there instead and the runner moves them to
+    ``folder`` only once the whole notebook has succeeded, so an interrupted or failed notebook changes no figure.
+    Returns the two final paths.
     """
     folder = project_root() / folder
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
+    staging = os.environ.get(FIGURE_STAGING_ENV)
+    target = Path(staging) if staging else folder
+    target.mkdir(parents=True, exist_ok=True)
+    paths, written = [], []
     for ext, metadata in (("pdf", {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}),
                           ("png", {"Software": None})):
-        path = folder / f"{name}.{ext}"
+        path = target / f"{name}.{ext}"
         tmp = path.with_name(f".{path.name}.tmp")
         fig.savefig(tmp, format=ext, metadata=metadata, bbox_inches="tight")
         os.replace(tmp, path)
-        paths.append(path)
+        written.append(path)
+        paths.append(folder / f"{name}.{ext}")
     log = os.environ.get(FIGURE_LOG_ENV)
     if log:
         with open(log, "a") as fh:
-            fh.write(json.dumps({"name": name, "files": [str(p.resolve()) for p in paths]}) + "\n")
+            entry = {"name": name, "files": [str(p.resolve()) for p in paths]}
+            if staging:
+                entry["staged"] = [str(p.resolve()) for p in written]
+            fh.write(json.dumps(entry) + "\n")
     return paths
 
 

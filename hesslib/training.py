@@ -6,7 +6,8 @@ ANALYSIS order (k counts batches) is always the dataset's fixed order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,23 @@ def evaluate(model: nn.Module, data: Dataset, *, loss: str = "cross_entropy", ch
     return total / len(data), correct / len(data)
 
 
+# Training on the CPU runs with this many torch threads on every machine: the order of float32 reductions in a
+# matrix product depends on the thread count, and training amplifies such rounding differences into different w*.
+# With a fixed count, machines with the same CPU instruction set and library versions train the same w*.
+TRAINING_THREADS = 2
+
+
+@contextmanager
+def fixed_threads(n: int) -> Iterator[None]:
+    """Run the body with ``torch.set_num_threads(n)``, restoring the previous count afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train(
     dataset: str = "mnist5k",
     *,
@@ -87,7 +105,8 @@ def train(
     """Train ``model`` on the first ``limit`` samples of ``dataset`` to find w*.
 
     Mini-batches are shuffled with a generator seeded by ``seed`` (this order only affects how w* is found,
-    never the analysis order). Test metrics use the LAST ``holdout`` samples of the train split when
+    never the analysis order; on the CPU it runs with :data:`TRAINING_THREADS` threads on every machine, so w* does
+    not depend on the machine's core count). Test metrics use the LAST ``holdout`` samples of the train split when
     ``holdout`` > 0, else the dataset's test split when it has one, else none. Results are cached under
     ``cache_dir`` keyed by the full configuration; ``cache_dir=None`` always retrains.
 
@@ -148,7 +167,8 @@ def train(
     )
 
     def run() -> dict:
-        net, record = _fit(data, test, config, device=device, progress=progress)
+        with fixed_threads(TRAINING_THREADS if torch.device(device).type == "cpu" else torch.get_num_threads()):
+            net, record = _fit(data, test, config, device=device, progress=progress)
         return {"state_dict": {k: v.cpu() for k, v in net.state_dict().items()}, "record": asdict(record)}
 
     result = cached("train", config, run, cache_dir=cache_dir)

@@ -65,10 +65,42 @@ def test_cache_hits_recompute_nothing_and_keys_separate_every_setting(exp, monke
 
 
 def test_bad_directions_name_the_parameter(exp):
-    with pytest.raises(ValueError, match="directions must be one of"):
+    with pytest.raises(ValueError, match="parameter directions = 'sideways' is not allowed: one of"):
         exp.basis("sideways", 2)
-    with pytest.raises(ValueError, match="directions must be one of"):
+    with pytest.raises(ValueError, match="parameter directions = 'sideways'"):
         exp.monte_carlo("sideways", 2, sigma=1.0, samples=2)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda e: e.monte_carlo("hessian", 2, sigma=-1.0, samples=4), "parameter sigma = -1.0 .* > 0"),
+    (lambda e: e.loss_matrix("random", 2, sigma=0.0, samples=4), "parameter sigma = 0.0"),
+    (lambda e: e.monte_carlo("hessian", 2, sigma=1.0, samples=0), r"parameter samples = 0 .* ≥ 1"),
+    (lambda e: e.theory("hessian", 2, sigma=float("nan")), "parameter sigma = nan"),
+    (lambda e: e.basis("hessian", 0), r"parameter D = 0 .* \[1, "),
+    (lambda e: e.order_average("hessian", e.objective.num_params, sigma=1.0, samples=4), "parameter D = "),
+    (lambda e: e.activation_switches("hessian", 2, sigma=1.0, samples=0), "parameter samples = 0"),
+    (lambda e: e.slices("hessian", 2, extent=-1.0, points=3), "parameter extent = -1.0"),
+])
+def test_methods_check_their_arguments_before_any_work(exp, monkeypatch, call, message):
+    def fail(*args, **kwargs):
+        raise AssertionError("work started before the arguments were checked")
+
+    for name in ("subspace_losses", "projected_hessians", "top_eigenpairs", "activation_switches"):
+        monkeypatch.setattr(hesslib.experiment, name, fail)
+    with pytest.raises(hesslib.ParameterError, match=message):
+        call(exp)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("dataset", "mnits", "parameter dataset = 'mnits' is not allowed: one of"),
+    ("batch_size", 10_000, r"batch_size = 10000 .*\[1, 750\] \(at least 2 batches of the 1500 samples"),
+    ("epochs", 0, "parameter epochs = 0"),
+    ("activation", "swish", "parameter activation = 'swish'"),
+])
+def test_experiment_checks_its_settings_before_training(tmp_path, monkeypatch, field, value, message):
+    monkeypatch.setattr(hesslib.experiment, "train", lambda *a, **k: pytest.fail("trained before checking"))
+    with pytest.raises(hesslib.ParameterError, match=message):
+        hesslib.Experiment(**{**TINY, field: value}, cache_dir=tmp_path)
 
 
 def test_from_parameters_uses_known_names_and_the_project_root(tmp_path, monkeypatch):

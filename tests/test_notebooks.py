@@ -1,6 +1,7 @@
 """The paper end to end: every notebook runs through `hesslib.paper.main` with the smoke parameters, writes its
 executed notebook, HTML and figures, and the manifest describes the figures exactly; figures are byte-identical
-across runs; committed notebooks are clean and parametrisable; a failing notebook fails the run cleanly.
+across runs; committed notebooks are clean and parametrisable; a bad parameter fails before any work; a killed run
+leaves no partial output and the next run gives the same files.
 
 The notebooks run ONCE per session (module-scoped fixture, about a minute on 2 cores: most of it is papermill's
 kernel start-up, several seconds per notebook) and every check below reads that run.
@@ -12,6 +13,10 @@ import ast
 import hashlib
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -252,15 +257,44 @@ def test_committed_rendered_notebook_is_the_default_run_of_the_current_source(pa
     assert paper.notebook_findings(rendered_path), f"{path.name}: rendering has no 'What we found' cell"
 
 
-# ---- (d) a failing notebook fails the run and leaves nothing that looks done --------------------------------------
-def test_failing_notebook_returns_nonzero_and_leaves_no_output(environment, tmp_path):
+# ---- (d) bad input fails before any work; an interrupted run leaves nothing and the next one completes -----------
+def test_bad_parameter_fails_within_seconds_and_writes_nothing(environment, tmp_path):
+    start = time.perf_counter()
+    rc = _main(tmp_path, tmp_path / "figures", tmp_path / "cache", "-p", "dataset", "nonexistent")
+    assert rc == 2 and time.perf_counter() - start < 30
+    assert not (tmp_path / "build").exists() and not (tmp_path / "figures").exists()
+
+
+def test_killed_run_leaves_no_partial_output_and_the_next_run_gives_the_same_files(paper_run, tmp_path):
+    """Kill the whole process group (runner and kernel) while notebook 00 is half done, then run it again."""
     first = NOTEBOOKS[0]
-    executed = tmp_path / "build" / "notebooks" / first.name
-    executed.parent.mkdir(parents=True)
-    executed.write_text("{}")  # a stale result from an earlier run must not survive a failed one
-    rc = _main(tmp_path, tmp_path / "figures", tmp_path / "cache", "--only", first.stem, "-p", "dataset", "nonexistent")
-    assert rc != 0
-    assert not executed.exists()
-    assert not (tmp_path / "build" / "html" / f"{first.stem}.html").exists()
-    assert (tmp_path / "build" / "failed" / first.name).exists()
-    assert not (tmp_path / "figures" / "MANIFEST.json").exists()
+    figures, cache, build, rendered = (tmp_path / name for name in ("figures", "cache", "build", "rendered"))
+    cmd = [sys.executable, "-m", "hesslib.paper", "--params-file", str(SMOKE), "-p", "output_dir", str(figures),
+           "-p", "cache_dir", str(cache), "--build", str(build), "--rendered", str(rendered), "--no-progress",
+           "--only", first.stem]
+    run = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not list((build / ".staging").glob("*.png")):  # the notebook has saved a figure and is still running
+        assert run.poll() is None, "the run ended before it could be interrupted"
+        assert time.time() < deadline, "no figure was staged within 240 s"
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    assert not [p for p in figures.glob("*") if p.suffix in (".png", ".pdf", ".json")], "a killed run wrote outputs"
+    assert not (rendered / first.name).exists() and not (build / "notebooks" / first.name).exists()
+    from hesslib.cache import load_torch
+
+    for entry in cache.glob("*.pt"):
+        assert load_torch(entry) is not None, f"cache entry {entry.name} is corrupt"
+    assert _main(tmp_path, figures, cache, "--only", first.stem) == 0
+    assert not list(build.rglob(".*.tmp")) and not (build / ".staging").exists()
+    assert not list(figures.glob(".*"))
+    for name in EXPECTED_FIGURES[first.stem]:
+        for ext in ("pdf", "png"):
+            assert (figures / f"{name}.{ext}").read_bytes() == (paper_run["figures"] / f"{name}.{ext}").read_bytes()
+    results = json.loads((figures / "RESULTS.json").read_text())["results"]
+    uninterrupted = json.loads((paper_run["figures"] / "RESULTS.json").read_text())["results"]
+    assert results == {k: v for k, v in uninterrupted.items() if v["notebook"] == f"notebooks/{first.name}"}
+    # (the rendered notebook prints the compute times stored in its own cache, so only its existence is compared)
+    assert (rendered / first.name).exists()
