@@ -43,7 +43,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	HESSLIB_INTERACTIVE=1 $(BIN)/jupyter lab notebooks/
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[bench]'

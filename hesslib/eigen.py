@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
-from tqdm import tqdm  # plain text bars: no widget warnings in rendered notebooks
 
 from .operators import Operator, check_block, check_operator
+from .progress import progress_bar
 
 EigenMethod = Literal["lanczos", "power"]
 METHODS: tuple[str, ...] = get_args(EigenMethod)
@@ -156,7 +156,7 @@ def _block_lanczos(op, d, b, m_max, tol, max_hvps, generator, init, progress) ->
     Q = torch.empty(M, 0, dtype=op.dtype, device=op.device)
     HQ = torch.empty_like(Q)
     hvps = 0
-    bar = tqdm(total=max_hvps, desc="lanczos", unit="hvp", disable=not progress)
+    bar = progress_bar(total=max_hvps, desc="lanczos", unit="hvp", enabled=progress)
     while True:
         W = op.hvp(V)
         hvps += V.shape[1]
@@ -191,7 +191,7 @@ def _power(op, d, tol, max_hvps, generator, init, progress) -> EigenResult:
     lam = torch.zeros(d, dtype=op.dtype, device=op.device)
     hvps, converged = 0, True
     per_vector = max(1, max_hvps // d)
-    bar = tqdm(total=d, desc="power iteration", unit="eigvec", disable=not progress)
+    bar = progress_bar(total=d, desc="power iteration", unit="eigvec", enabled=progress)
     for j in range(d):
         v = init[:, j].to(op.device, op.dtype) if init is not None and j < init.shape[1] else None
         v = _random(op, (M,), generator) if v is None else v.clone()

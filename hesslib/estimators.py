@@ -21,7 +21,6 @@ from typing import Literal, get_args
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .hessian import (
     HigherDerivatives,
@@ -31,6 +30,7 @@ from .hessian import (
     projected_higher_derivatives,
 )
 from .operators import check_block
+from .progress import progress_bar
 from .subspace import subspace_losses
 
 Formula = Literal["paper", "paper_subspace", "second_order", "fourth_order"]
@@ -546,7 +546,7 @@ def paper_eigenvalues(objective: Objective, D: int, *, tol: float = 1e-4, init: 
         raise ValueError(f"need at least 2 batches to form Δ_k, got num_batches={N}")
     eigenvalues = np.zeros((N, D))
     hvps, vectors = 0, init
-    for k in tqdm(range(1, N + 1), desc="top eigenvalues of every H_k", unit="k", disable=not progress):
+    for k in progress_bar(range(1, N + 1), desc="top eigenvalues of every H_k", unit="k", enabled=progress):
         result = top_eigenpairs(objective if k == N else objective.prefix(k), D, tol=tol, init=vectors)
         eigenvalues[k - 1] = result.eigenvalues.double().cpu().numpy()
         vectors, hvps = result.eigenvectors, hvps + result.num_hvps

@@ -359,8 +359,8 @@ class Experiment:
         """
         def compute() -> dict:
             start = time.perf_counter()
-            higher = projected_higher_derivatives(self.objective, self.basis(directions, D,
-                                                                              direction_seed=direction_seed))
+            higher = projected_higher_derivatives(
+                self.objective, self.basis(directions, D, direction_seed=direction_seed), progress=self.progress)
             return dict(higher=higher, seconds=time.perf_counter() - start)
 
         return self._cached("higher-derivatives", self._subspace_key(directions, D, direction_seed), compute)

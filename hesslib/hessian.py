@@ -19,6 +19,7 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from .losses import Loss, check_loss, per_sample_loss
 from .operators import check_block, check_vector
+from .progress import progress_bar
 
 
 class ParameterBlock(NamedTuple):
@@ -346,7 +347,7 @@ class HigherDerivatives:
 
 
 def projected_higher_derivatives(objective: Objective, P: torch.Tensor, *, samples_per_step: int = 256,
-                                 pairs_per_step: int = 16) -> HigherDerivatives:
+                                 pairs_per_step: int = 16, progress: bool = False) -> HigherDerivatives:
     """The contracted third and fourth derivatives of every batch loss along P, in one pass over the data.
 
     For each pair of directions (e_a, e_b) of the subspace, D³f[e_b, e_b, e_a] and D⁴f[e_b, e_b, e_a, e_a] of the
@@ -360,6 +361,7 @@ def projected_higher_derivatives(objective: Objective, P: torch.Tensor, *, sampl
         P: the subspace basis [M, D], D ≥ 1, in the objective's dtype on its device.
         samples_per_step: samples per vectorised step, ≥ 1 (bounds memory).
         pairs_per_step: direction pairs per vectorised step, ≥ 1 (bounds memory).
+        progress: show a progress bar over the samples (:func:`~hesslib.progress.progress_bar`).
 
     Returns:
         A :class:`HigherDerivatives` in the objective's dtype on its device.
@@ -380,6 +382,7 @@ def projected_higher_derivatives(objective: Objective, P: torch.Tensor, *, sampl
     def along(f, direction):
         return lambda theta: jvp(f, (theta,), (direction,))[1]
 
+    bar = progress_bar(total=obj.num_samples, desc="third and fourth derivatives", unit="sample", enabled=progress)
     for start in range(0, obj.num_samples, max(1, samples_per_step)):
         part = slice(start, min(start + samples_per_step, obj.num_samples))
         X, y = obj.X[part], obj.y[part]
@@ -401,6 +404,8 @@ def projected_higher_derivatives(objective: Objective, P: torch.Tensor, *, sampl
         index, w = obj.batch_index[part], weights[part]
         third.index_add_(0, index, w[:, None] * t3)
         fourth.index_add_(0, index, w * t4)
+        bar.update(part.stop - part.start)
+    bar.close()
     return HigherDerivatives(third, fourth)
 
 

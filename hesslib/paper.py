@@ -34,6 +34,7 @@ import yaml
 
 from .cache import project_root
 from .plots import FIGURE_LOG_ENV, FIGURE_STAGING_ENV
+from .progress import CONSOLE_PROGRESS_ENV
 from .results import RESULTS_LOG_ENV
 
 
@@ -551,8 +552,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     params, rendered = output_places(params, root=root, out_dir=out_dir, rendered=args.rendered)
     figure_dirs = {root / params.get("output_dir", declared[nb].get("output_dir", "figures")) for nb in todo}
+    console = not args.no_progress and sys.stderr.isatty()  # the notebooks' own bars on this terminal
     try:
-        with paper_lock([out_dir, *figure_dirs, *([rendered] if rendered else [])]):
+        with (paper_lock([out_dir, *figure_dirs, *([rendered] if rendered else [])]),
+              _environment(CONSOLE_PROGRESS_ENV, "1" if console else None)):
             return _run(todo, declared, params, root=root, out_dir=out_dir, rendered=rendered,
                         figure_dirs=figure_dirs, progress=not args.no_progress)
     except RuntimeError as exc:

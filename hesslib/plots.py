@@ -28,9 +28,27 @@ STYLE = {
 }
 
 
+INTERACTIVE_ENV = "HESSLIB_INTERACTIVE"  # set by `make lab`: figures in JupyterLab can be rotated and zoomed
+
+
 def set_style() -> None:
-    """Apply the paper's matplotlib style."""
+    """Apply the paper's matplotlib style; in a JupyterLab started by ``make lab``, with interactive figures.
+
+    ``make lab`` sets ``$HESSLIB_INTERACTIVE``; in a Jupyter kernel that has it, the ipympl backend
+    (``%matplotlib widget``) is switched on, so the 3-D surfaces can be rotated and every plot zoomed. Everywhere
+    else (papermill, ``make paper``, scripts) figures stay static inline images, and the saved files are the same
+    bytes either way.
+    """
     plt.rcParams.update(STYLE)
+    if os.environ.get(INTERACTIVE_ENV):
+        try:
+            from IPython import get_ipython
+        except ImportError:
+            return
+        shell = get_ipython()
+        if shell is not None and type(shell).__name__ == "ZMQInteractiveShell":
+            shell.run_line_magic("matplotlib", "widget")
+            plt.rcParams.update(STYLE)  # again: switching the backend may reset rcParams
 
 
 def save_figure(fig: plt.Figure, name: str, folder: str | Path = "figures") -> list[Path]:

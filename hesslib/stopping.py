@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm  # plain text bars: no widget warnings in rendered notebooks
 
 from .data import Dataset
 from .eigen import top_eigenpairs
@@ -33,7 +32,9 @@ from .estimators import (
 from .hessian import Objective, projected_hessians
 from .losses import Loss, check_loss, per_sample_loss
 from .models import make_model
+from .progress import progress_bar
 from .subspace import subspace_losses
+from .training import TRAINING_THREADS, fixed_threads
 
 
 class OnlineStopping:
@@ -327,24 +328,25 @@ def run_online_stopping(
     generator = torch.Generator().manual_seed(seed)
     monitor = OnlineStopping(D=D, sigma=sigma, tol=tol, patience=patience, formula=formula,
                              monte_carlo_samples=monte_carlo_samples, mc_seed=seed)
-    bar = tqdm(range(N), desc="online stopping", unit="batch", disable=not progress)
-    for i in bar:
-        part = slice(i * batch_size, (i + 1) * batch_size)
-        monitor.add_batch(data.X[part], data.y[part])
-        seen = (i + 1) * batch_size
-        net.train()
-        for _ in range(steps_per_batch):
-            idx = torch.randint(0, seen, (batch_size,), generator=generator)
-            opt.zero_grad(set_to_none=True)
-            per_sample_loss(net(data.X[idx]), data.y[idx], "cross_entropy").mean().backward()
-            opt.step()
-        net.eval()
-        if monitor.num_batches >= 2:
-            delta = monitor.update(net)
-            bar.set_postfix(k=monitor.ks[-1], delta=f"{delta:.2e}")
-            if stop_when_settled and monitor.settled:
-                break
-    bar.close()
+    with fixed_threads(TRAINING_THREADS if data.X.device.type == "cpu" else torch.get_num_threads()):
+        bar = progress_bar(range(N), desc="online stopping", unit="batch", enabled=progress)
+        for i in bar:
+            part = slice(i * batch_size, (i + 1) * batch_size)
+            monitor.add_batch(data.X[part], data.y[part])
+            seen = (i + 1) * batch_size
+            net.train()
+            for _ in range(steps_per_batch):
+                idx = torch.randint(0, seen, (batch_size,), generator=generator)
+                opt.zero_grad(set_to_none=True)
+                per_sample_loss(net(data.X[idx]), data.y[idx], "cross_entropy").mean().backward()
+                opt.step()
+            net.eval()
+            if monitor.num_batches >= 2:
+                delta = monitor.update(net)
+                bar.set_postfix(k=monitor.ks[-1], delta=f"{delta:.2e}")
+                if stop_when_settled and monitor.settled:
+                    break
+        bar.close()
     K = first_settled(monitor.ks, monitor.deltas, tol, patience)
     loss_at_K = monitor.losses[monitor.ks.index(K)] if K is not None else None
     K_mc = first_settled(monitor.ks, monitor.mc_deltas, tol, patience) if monitor.mc_deltas else None

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 from torch.func import vmap
-from tqdm import tqdm  # plain text bars: no widget warnings in rendered notebooks
 
 from .hessian import Objective
 from .operators import check_block
+from .progress import progress_bar
 
 
 def random_directions(
@@ -137,7 +137,7 @@ def subspace_losses(
         return objective.per_sample_losses(w, X, y)
 
     batched = vmap(losses_of, in_dims=(0, None, None))
-    bar = tqdm(total=T, desc="subspace losses", unit="θ", disable=not progress)
+    bar = progress_bar(total=T, desc="subspace losses", unit="θ", enabled=progress)
     for start in range(0, T, per_chunk):
         rows_t = slice(start, min(start + per_chunk, T))
         W = objective.params + thetas[rows_t] @ P.T  # [c, M]

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm  # plain text bars: no widget warnings in rendered notebooks
 
 from .cache import DEFAULT_CACHE_DIR, cached
 from .data import Dataset, has_test_split, load_dataset
 from .losses import check_loss, per_sample_loss
 from .models import make_model
+from .progress import progress_bar
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -193,7 +193,8 @@ def _fit(data: Dataset, test: Dataset | None, config: dict, *, device, progress:
     X, y = data.X.to(device), data.y.to(device)
     record = TrainRecord(config=config, num_params=sum(p.numel() for p in net.parameters()))
     bs = config["batch_size"]
-    for _ in tqdm(range(config["epochs"]), desc=f"train {config['model']} on {data.name}", disable=not progress):
+    for _ in progress_bar(range(config["epochs"]), desc=f"train {config['model']} on {data.name}", unit="epoch",
+                           enabled=progress):
         net.train()
         order = torch.randperm(len(data), generator=generator).to(device)
         epoch_loss = 0.0

@@ -298,3 +298,36 @@ def test_killed_run_leaves_no_partial_output_and_the_next_run_gives_the_same_fil
     assert results == {k: v for k, v in uninterrupted.items() if v["notebook"] == f"notebooks/{first.name}"}
     # (the rendered notebook prints the compute times stored in its own cache, so only its existence is compared)
     assert (rendered / first.name).exists()
+
+
+# ---- (e) the way JupyterLab runs a notebook gives the same figures -------------------------------------------------
+def test_jupyterlab_run_from_the_notebooks_folder_gives_the_same_figures(paper_run, tmp_path, monkeypatch):
+    """Run a notebook as JupyterLab does: working directory notebooks/, the project's kernel, parameters edited in
+    the parameters cell, and the interactive backend of `make lab` (ipympl) on; the figures must be the bytes of the
+    papermill run."""
+    import re
+
+    from jupyter_client.kernelspec import KernelSpecManager
+    from nbclient import NotebookClient
+
+    pytest.importorskip("ipympl")
+    kernel = "hesslib" if "hesslib" in KernelSpecManager().find_kernel_specs() else "python3"
+    path = ROOT / "notebooks" / f"{RERUN}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    values = {**yaml.safe_load(SMOKE.read_text()), "output_dir": str(tmp_path / "figures"),
+              "cache_dir": str(tmp_path / "cache")}
+    cell = _parameters_cell(nb)[0]
+    for name, value in values.items():  # what a user does in JupyterLab: edit the values in place
+        cell.source = re.sub(rf"^{name} = .*$", f"{name} = {value!r}", cell.source, flags=re.M)
+    nb.cells.append(nbformat.v4.new_code_cell("import matplotlib\nprint(matplotlib.get_backend())"))
+    monkeypatch.setenv("HESSLIB_INTERACTIVE", "1")  # as `make lab` sets it
+    for name in ("HESSLIB_FIGURE_LOG", "HESSLIB_FIGURE_STAGING", "HESSLIB_RESULTS_LOG"):
+        monkeypatch.delenv(name, raising=False)
+    NotebookClient(nb, kernel_name=kernel, timeout=600,
+                   resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    backend = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
+    assert "ipympl" in backend or "widget" in backend, f"not the interactive backend: {backend!r}"
+    for name in EXPECTED_FIGURES[RERUN]:
+        for ext in ("pdf", "png"):
+            assert (tmp_path / "figures" / f"{name}.{ext}").read_bytes() == (
+                paper_run["figures"] / f"{name}.{ext}").read_bytes(), f"{name}.{ext} differs from the papermill run"
