@@ -25,6 +25,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -148,10 +149,11 @@ def run_notebook(nb: Path, out_dir: Path, params: dict, *, progress: bool = True
     with (_logging_to(FIGURE_LOG_ENV, out_dir / f".{nb.stem}.figures.jsonl") as figure_log,
           _logging_to(RESULTS_LOG_ENV, out_dir / f".{nb.stem}.results.jsonl") as results_log,
           _environment(FIGURE_STAGING_ENV, None if staging is None else str(staging))):
+        sockets = Path(tempfile.mkdtemp(prefix="hesslib-kernel-"))  # IPC socket files: never in the project
         try:
             pm.execute_notebook(str(nb), str(tmp), parameters=used, cwd=str(root), kernel_name="python3",
                                 progress_bar=progress, request_save_on_cell_execute=False,
-                                config=Config({"KernelManager": {"transport": "ipc"}}))
+                                config=Config({"KernelManager": {"transport": "ipc", "ip": str(sockets / "kernel")}}))
         except BaseException:
             failed.parent.mkdir(parents=True, exist_ok=True)
             if tmp.exists():
@@ -160,6 +162,8 @@ def run_notebook(nb: Path, out_dir: Path, params: dict, *, progress: bool = True
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
             raise
+        finally:
+            shutil.rmtree(sockets, ignore_errors=True)
         figures = _read_log(figure_log)
         for fig in figures:
             for staged, target in zip(fig.pop("staged", []), fig["files"], strict=True):

@@ -290,6 +290,7 @@ def test_killed_run_leaves_no_partial_output_and_the_next_run_gives_the_same_fil
     assert _main(tmp_path, figures, cache, "--only", first.stem) == 0
     assert not list(build.rglob(".*.tmp")) and not (build / ".staging").exists()
     assert not list(figures.glob(".*"))
+    assert not list(ROOT.glob("kernel-ipc-*")), "the kernels' IPC sockets were left in the project"
     for name in EXPECTED_FIGURES[first.stem]:
         for ext in ("pdf", "png"):
             assert (figures / f"{name}.{ext}").read_bytes() == (paper_run["figures"] / f"{name}.{ext}").read_bytes()
