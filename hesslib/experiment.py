@@ -110,9 +110,10 @@ class Experiment:
 
     def __post_init__(self) -> None:
         self.hidden, self.channels = tuple(self.hidden), tuple(self.channels)
-        check_parameters({name: getattr(self, name) for name in (
-            "dataset", "model", "hidden", "channels", "activation", "batch_size", "limit", "holdout", "epochs",
-            "lr", "train_batch_size", "seed", "device")})  # before any data is loaded or w* trained
+        settings = ("dataset", "model", "hidden", "channels", "activation", "batch_size", "limit", "holdout", "epochs",
+                    "lr", "train_batch_size", "seed", "device")
+        # before any data is loaded or w* trained
+        check_parameters({name: getattr(self, name) for name in settings}, data_root=self.root)
         self.net, self.record = train(
             self.dataset, model=self.model, limit=self.limit, holdout=self.holdout, root=self.root,
             hidden=self.hidden, channels=self.channels, activation=self.activation, lr=self.lr, epochs=self.epochs,

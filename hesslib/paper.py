@@ -499,6 +499,17 @@ def remove_leftovers(locked: Sequence[Path], shared: Sequence[Path] = (), *, min
     return removed
 
 
+def unwritable(folder: Path) -> str | None:
+    """Why files cannot be written in ``folder`` (created if missing), or None when they can."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
+
+
 def _failure(nb: Path, exc: BaseException, out_dir: Path) -> str:
     """One line saying which notebook failed, in which cell, with which error, and where the details are."""
     from papermill.exceptions import PapermillExecutionError
@@ -556,6 +567,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     params, rendered = output_places(params, root=root, out_dir=out_dir, rendered=args.rendered)
     figure_dirs = {root / params.get("output_dir", declared[nb].get("output_dir", "figures")) for nb in todo}
+    cache_dirs = {root / c for nb in todo if (c := params.get("cache_dir", declared[nb].get("cache_dir")))}
+    places = [(out_dir, "--build"), *((f, "-p output_dir") for f in figure_dirs),
+              *((c, "-p cache_dir") for c in cache_dirs), *([(rendered, "--rendered")] if rendered else [])]
+    for folder, option in places:
+        problem = unwritable(folder)
+        if problem:
+            print(f"hesslib.paper: cannot write to {folder} ({problem}); make it writable or choose another folder "
+                  f"with {option}", file=sys.stderr)
+            return 2
     console = not args.no_progress and sys.stderr.isatty()  # the notebooks' own bars on this terminal
     try:
         with (paper_lock([out_dir, *figure_dirs, *([rendered] if rendered else [])]),

@@ -6,7 +6,8 @@ it on every notebook's effective parameters before the first notebook starts, so
 ``-p samples 0`` fails within seconds with a :class:`ParameterError` that names the parameter, its value and the
 allowed range, instead of running for minutes or failing deep inside with a message about tensor shapes.
 
-Ranges that depend on the configuration use the numbers it implies without loading or training anything:
+A full dataset (``"mnist"``, ``"fashion-mnist"``) must have its IDX files in the data folder. Ranges that depend
+on the configuration use the numbers it implies without loading or training anything:
 n = min(limit, size of the dataset's train split), N = ceil(n / batch_size) batches, M = the model's parameter
 count (built on the CPU, not trained). The same small checks (:func:`check_positive`, :func:`check_int`) are used
 by the :class:`~hesslib.experiment.Experiment` methods on their own arguments.
@@ -16,13 +17,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from .data import DATASETS, DIGITS_TRAIN
+from .cache import project_root
+from .data import DATASETS, DIGITS_TRAIN, idx_paths
 from .models import ACTIVATIONS, MODELS, make_model, num_params
 
 # size of the train split and the input shape (C, H, W) of each dataset, known without reading its files
 TRAIN_SIZES = {"mnist5k": 5000, "digits": DIGITS_TRAIN, "mnist": 60000, "fashion-mnist": 60000}
+IDX_DATASETS = ("mnist", "fashion-mnist")
+DATA_ROOT = "<data root>"  # where check_parameters passes its data_root to the rules (not a parameter name)
 INPUT_SHAPES = {"mnist5k": (1, 28, 28), "digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28)}
 
 
@@ -120,7 +125,16 @@ def _positive_list(name, value, params):
 
 
 def _dataset(name, value, params):
-    return check_choice(name, value, DATASETS)
+    check_choice(name, value, DATASETS)
+    if value in IDX_DATASETS:  # the full datasets are read from files the user provides: are they there?
+        root = params.get(DATA_ROOT, project_root() / "data")
+        missing = [p for p in idx_paths(value, root, "train")
+                   if not (p.exists() or p.with_name(p.name + ".gz").exists())]
+        if missing:
+            raise ParameterError(name, value, f"a dataset whose files exist, but {missing[0]}[.gz] is missing (run "
+                                              f"`python -m hesslib.data download {value}` or copy torchvision's "
+                                              f"raw files into {missing[0].parent}/)")
+    return value
 
 
 def _dataset_list(name, value, params):
@@ -313,7 +327,7 @@ RULES: dict[str, Callable[[str, Any, Mapping[str, Any]], Any]] = {
 PARAMETER_NAMES = tuple(RULES)
 
 
-def check_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
+def check_parameters(params: Mapping[str, Any], *, data_root: str | Path | None = None) -> dict[str, Any]:
     """Check every known notebook parameter in ``params`` (e.g. a notebook's ``globals()``) before any work.
 
     Each name of :data:`RULES` present in ``params`` is checked, in the order of :data:`RULES` (the configuration
@@ -322,6 +336,8 @@ def check_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
 
     Args:
         params: parameter names mapped to their values.
+        data_root: the data folder, where the IDX files of ``"mnist"`` / ``"fashion-mnist"`` must exist (default:
+            the project's ``data/``).
 
     Returns:
         The checked parameters (name → value), in the order of :data:`RULES`.
@@ -338,8 +354,9 @@ def check_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
         hesslib.parameters.ParameterError: parameter sigma = -1 is not allowed: a finite number > 0
     """
     checked: dict[str, Any] = {}
+    context = {} if data_root is None else {DATA_ROOT: Path(data_root)}
     for name, rule in RULES.items():
         if name in params:
-            rule(name, params[name], checked)
+            rule(name, params[name], context | checked)
             checked[name] = params[name]
     return checked

@@ -207,3 +207,12 @@ def test_the_story_rejects_each_bad_value_before_any_work(monkeypatch, capsys, t
     assert message in err and err.count("\n") == 1, err
     assert time.perf_counter() - start < 20
     assert not (tmp_path / "build").exists()
+
+
+def test_an_unwritable_output_folder_is_one_line_before_any_work(project, monkeypatch, capsys):
+    _no_work(monkeypatch)
+    (project / "blocker").write_text("a file where a folder should be")  # makes mkdir fail, even for root
+    assert paper.main(["-p", "output_dir", str(project / "blocker" / "figures"), "--build", "build"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"hesslib.paper: cannot write to {project / 'blocker' / 'figures'} (") and (
+        "choose another folder with -p output_dir" in err) and err.count("\n") == 1, err
