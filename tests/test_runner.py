@@ -216,3 +216,19 @@ def test_an_unwritable_output_folder_is_one_line_before_any_work(project, monkey
     err = capsys.readouterr().err
     assert err.startswith(f"hesslib.paper: cannot write to {project / 'blocker' / 'figures'} (") and (
         "choose another folder with -p output_dir" in err) and err.count("\n") == 1, err
+
+
+def test_two_processes_filling_one_cache_entry_at_once_leave_a_whole_entry(tmp_path):
+    """Runs with different output folders may share a cache: both compute, both rename into place, one wins."""
+    script = ("import sys, time, torch\nfrom hesslib.cache import cached\n"
+              "value = cached('shared', {'n': 1}, lambda: (time.sleep(1), torch.arange(2_000_000.0))[1], "
+              "cache_dir=sys.argv[1])\nprint(float(value.sum()))")
+    runs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outputs = [run.communicate(timeout=120)[0].strip() for run in runs]
+    assert all(run.returncode == 0 for run in runs) and outputs[0] == outputs[1] == str(float(sum(range(2_000_000))))
+    from hesslib.cache import load_torch
+
+    entries = list(tmp_path.glob("shared-*.pt"))
+    assert len(entries) == 1 and not list(tmp_path.glob(".*"))
+    assert load_torch(entries[0])["value"].shape == (2_000_000,)
