@@ -221,7 +221,7 @@ def test_an_unwritable_output_folder_is_one_line_before_any_work(project, monkey
 def test_two_processes_filling_one_cache_entry_at_once_leave_a_whole_entry(tmp_path):
     """Runs with different output folders may share a cache: both compute, both rename into place, one wins."""
     script = ("import sys, time, torch\nfrom hesslib.cache import cached\n"
-              "value = cached('shared', {'n': 1}, lambda: (time.sleep(1), torch.arange(2_000_000, dtype=torch.float64))[1], "
+              "value = cached('shared', {'n': 1}, lambda: (time.sleep(1), torch.arange(2e6, dtype=torch.float64))[1], "
               "cache_dir=sys.argv[1])\nprint(float(value.sum()))")
     runs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
             for _ in range(2)]
