@@ -161,15 +161,20 @@ def activation_switches(objective: Objective, P: torch.Tensor, thetas: torch.Ten
             with torch.no_grad():
                 functional_call(objective.model, params, (objective.X[part],))
             parts.append(dict(signs))
+        if not parts:  # a rank with no batches (more processes than batches)
+            return {name: torch.zeros(0, dtype=torch.bool, device=objective.device) for name, _ in modules}
         return {name: torch.cat([p[name] for p in parts]) for name, _ in modules}
 
     try:
         base = side_of_zero(objective.params)
-        fractions = torch.zeros(len(thetas), len(modules), dtype=torch.float64)
+        changed = torch.zeros(len(thetas), len(modules), dtype=torch.float64, device=objective.device)
+        pairs = torch.tensor([base[name].numel() for name, _ in modules], dtype=torch.float64,
+                             device=objective.device)
         for row, theta in enumerate(thetas):
             moved = side_of_zero(objective.params + P @ theta)
             for col, (name, _) in enumerate(modules):
-                fractions[row, col] = (moved[name] != base[name]).double().mean()
+                changed[row, col] = (moved[name] != base[name]).sum()
+        fractions = (objective.all_reduce(changed) / objective.all_reduce(pairs)).cpu()  # counts over all ranks
     finally:
         for hook in hooks:
             hook.remove()

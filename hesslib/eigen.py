@@ -125,8 +125,14 @@ def top_eigenpairs(
 
 
 def _random(op: Operator, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-    """Standard normal entries of ``shape`` (drawn in float64 on the CPU), in the operator's dtype and device."""
-    return torch.randn(*shape, generator=generator, dtype=torch.float64).to(op.device, op.dtype)
+    """Standard normal entries of ``shape`` (drawn in float64 on the CPU), in the operator's dtype and device.
+
+    An operator split over processes (a distributed :class:`~hesslib.hessian.Objective`) broadcasts rank 0's
+    draw, so every rank starts, and therefore iterates, identically.
+    """
+    V = torch.randn(*shape, generator=generator, dtype=torch.float64).to(op.device, op.dtype)
+    broadcast = getattr(op, "broadcast", None)
+    return broadcast(V) if broadcast is not None else V
 
 
 def _orthonormalize(V: torch.Tensor, Q: torch.Tensor | None, op: Operator, generator: torch.Generator) -> torch.Tensor:

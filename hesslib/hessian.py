@@ -54,6 +54,15 @@ class Objective:
         dtype: the floating type everything is computed in (default: the model's).
         device: where everything is computed (default: the model's).
         chunk_size: the most samples one forward/backward pass sees, ≥ 1 (bounds memory, not the result).
+        distributed: split the work over the processes of the initialised ``torch.distributed`` default group
+            (e.g. under ``torchrun``). Every rank passes the SAME full ``X``, ``y`` and model; rank r evaluates only
+            its contiguous share of the N batches (:attr:`local_batches`, ``N·r/W`` to ``N·(r+1)/W``). Per-batch
+            results (:meth:`batch_losses`, :func:`projected_hessians`, :func:`~hesslib.subspace.subspace_losses`,
+            ...) are assembled on every rank by an all-reduce of vectors that are zero outside each rank's own
+            batches, so each entry is one rank's value plus exact zeros: the same as a single process computes,
+            whatever the number of processes. Full-data sums (:meth:`gradient`, :meth:`hvp`) are all-reduced
+            partial sums, which differ across world sizes by float rounding only. With NCCL the tensors live on
+            each rank's GPU (``device``).
 
     Attributes:
         params: w* [M], in ``dtype`` on ``device``.
@@ -62,10 +71,14 @@ class Objective:
         parameter_blocks: one :class:`ParameterBlock` per trainable parameter tensor, in w's order.
         batch_index: int64 [n], the 0-based batch of each sample.
         batch_counts: [N], the number of samples in each batch, in ``dtype``.
+        rank, world_size: this process's rank and the number of processes (0 and 1 unless ``distributed``).
+        local_batches: the slice of batches (0-based) this process evaluates; all N unless ``distributed``.
+        local_samples: the slice of samples of those batches.
 
     Raises:
         ValueError: if ``loss`` is unknown, ``X`` and ``y`` are empty or differ in length, ``batch_size`` is
             outside [1, n] or ``chunk_size`` < 1.
+        RuntimeError: if ``distributed`` is set but no ``torch.distributed`` process group is initialised.
 
     Example:
         >>> from hesslib import make_model
@@ -92,8 +105,12 @@ class Objective:
         dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
         chunk_size: int = 2048,
+        distributed: bool = False,
     ) -> None:
         check_loss(loss)
+        if distributed and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            raise RuntimeError("distributed=True needs an initialised torch.distributed process group (e.g. run "
+                               "under torchrun and call torch.distributed.init_process_group first)")
         if len(X) != len(y) or len(X) == 0:
             raise ValueError(f"X and y must be non-empty with the same length, got {len(X)} and {len(y)}")
         if not 1 <= batch_size <= len(X):
@@ -125,6 +142,30 @@ class Objective:
         counts = torch.bincount(self.batch_index, minlength=self.num_batches).to(self.dtype)
         self.batch_counts = counts
         self.sample_weights = 1.0 / (self.num_batches * counts[self.batch_index])
+        self.distributed = distributed
+        self.rank = torch.distributed.get_rank() if distributed else 0
+        self.world_size = torch.distributed.get_world_size() if distributed else 1
+        first_batch = self.num_batches * self.rank // self.world_size
+        last_batch = self.num_batches * (self.rank + 1) // self.world_size
+        self.local_batches = slice(first_batch, last_batch)
+        self.local_samples = slice(min(first_batch * batch_size, n), min(last_batch * batch_size, n))
+
+    # ---- several processes -----------------------------------------------------------------------------
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over the processes, in place, and return it (itself unless :attr:`distributed`).
+
+        Per-batch results are reduced as vectors that are zero outside each rank's :attr:`local_batches`, so
+        the sum is exact; partial sums over the data differ across world sizes by float rounding only.
+        """
+        if self.distributed:
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
+    def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rank 0's ``tensor`` on every process, in place (e.g. the eigen-solver's random start)."""
+        if self.distributed:
+            torch.distributed.broadcast(tensor, src=0)
+        return tensor
 
     # ---- parameters ------------------------------------------------------------------------------------
     @property
@@ -151,9 +192,9 @@ class Objective:
         return per_sample_loss(out, y, self.loss)
 
     def chunks(self) -> list[slice]:
-        """Consecutive slices of at most ``chunk_size`` samples that cover the n samples."""
-        n, c = self.num_samples, self.chunk_size
-        return [slice(s, min(s + c, n)) for s in range(0, n, c)]
+        """Consecutive slices of at most ``chunk_size`` samples covering this process's samples (all n, alone)."""
+        start, stop, c = self.local_samples.start, self.local_samples.stop, self.chunk_size
+        return [slice(s, min(s + c, stop)) for s in range(start, stop, c)]
 
     def prefix(self, k: int) -> Objective:
         """L_k: the same objective restricted to its first k batches (same w*, batch size, loss, dtype, device).
@@ -175,7 +216,8 @@ class Objective:
             return self
         n = k * self.batch_size
         part = Objective(self.model, self.X[:n], self.y[:n], batch_size=self.batch_size, loss=self.loss,
-                         dtype=self.dtype, device=self.device, chunk_size=self.chunk_size)
+                         dtype=self.dtype, device=self.device, chunk_size=self.chunk_size,
+                         distributed=self.distributed)
         part.params = self.params  # w* as this objective holds it
         return part
 
@@ -197,7 +239,7 @@ class Objective:
         sums = torch.zeros(self.num_batches, dtype=self.dtype, device=self.device)
         for part in self.chunks():
             sums.index_add_(0, self.batch_index[part], self.per_sample_losses(w, self.X[part], self.y[part]))
-        return sums / self.batch_counts
+        return self.all_reduce(sums) / self.batch_counts
 
     def value(self, w: torch.Tensor | None = None) -> torch.Tensor:
         """The full-data loss L(w) = L_N(w) = (1/N) Σ_i ℓ_i(w), a scalar tensor (w defaults to w*).
@@ -221,7 +263,7 @@ class Objective:
         total = torch.zeros_like(w)
         for part in self.chunks():
             total += grad(self._chunk_loss)(w, part)
-        return total
+        return self.all_reduce(total)
 
     # ---- Hessian-vector products -----------------------------------------------------------------------
     def hvp(self, V: torch.Tensor) -> torch.Tensor:
@@ -248,6 +290,7 @@ class Objective:
                 return jvp(lambda w_: grad(self._chunk_loss)(w_, part), (w,), (v,))[1]
 
             out += vmap(hv)(V.T)
+        self.all_reduce(out)
         return out[0] if single else out.T
 
 
@@ -320,15 +363,17 @@ def projected_hessians(objective: Objective, P: torch.Tensor, *, memory_mb: floa
 
     bytes_per_batch = 3 * D * M * P.element_size() + B * X[0, 0].numel() * D * 64
     per_chunk = max(1, min(N, int(memory_mb * 2**20 // bytes_per_batch)))
-    losses, grads, hessians = [], [], []
-    for start in range(0, N, per_chunk):
-        part = slice(start, start + per_chunk)
+    losses = torch.zeros(N, dtype=obj.dtype, device=obj.device)
+    grads = torch.zeros(N, D, dtype=obj.dtype, device=obj.device)
+    hessians = torch.zeros(N, D, D, dtype=obj.dtype, device=obj.device)
+    local = obj.local_batches
+    for start in range(local.start, local.stop, per_chunk):
+        part = slice(start, min(start + per_chunk, local.stop))
         lo, gr, he = vmap(batch_terms)(X[part], y[part], mask[part])
-        losses.append(lo.detach())
-        grads.append(gr.detach())
-        hessians.append(he.detach())
-    hessians_t = torch.cat(hessians)
-    return ProjectedCurvature(torch.cat(losses), torch.cat(grads), 0.5 * (hessians_t + hessians_t.transpose(1, 2)))
+        losses[part], grads[part], hessians[part] = lo.detach(), gr.detach(), he.detach()
+    for terms in (losses, grads, hessians):  # zero outside each rank's batches: the sum assembles them exactly
+        obj.all_reduce(terms)
+    return ProjectedCurvature(losses, grads, 0.5 * (hessians + hessians.transpose(1, 2)))
 
 
 @dataclass
@@ -382,9 +427,11 @@ def projected_higher_derivatives(objective: Objective, P: torch.Tensor, *, sampl
     def along(f, direction):
         return lambda theta: jvp(f, (theta,), (direction,))[1]
 
-    bar = progress_bar(total=obj.num_samples, desc="third and fourth derivatives", unit="sample", enabled=progress)
-    for start in range(0, obj.num_samples, max(1, samples_per_step)):
-        part = slice(start, min(start + samples_per_step, obj.num_samples))
+    local = obj.local_samples
+    bar = progress_bar(total=local.stop - local.start, desc="third and fourth derivatives", unit="sample",
+                       enabled=progress)
+    for start in range(local.start, local.stop, max(1, samples_per_step)):
+        part = slice(start, min(start + samples_per_step, local.stop))
         X, y = obj.X[part], obj.y[part]
 
         def f(theta: torch.Tensor, X: torch.Tensor = X, y: torch.Tensor = y) -> torch.Tensor:
@@ -406,7 +453,7 @@ def projected_higher_derivatives(objective: Objective, P: torch.Tensor, *, sampl
         fourth.index_add_(0, index, w * t4)
         bar.update(part.stop - part.start)
     bar.close()
-    return HigherDerivatives(third, fourth)
+    return HigherDerivatives(obj.all_reduce(third), obj.all_reduce(fourth))
 
 
 def curvature_spread(curvature: ProjectedCurvature) -> tuple[torch.Tensor, torch.Tensor]:

@@ -96,7 +96,10 @@ def subspace_losses(
     For a chunk of θ, the weights w* + Pθ form one [c, M] matrix; the model runs vmapped over them on large
     slices of the data, and per-sample losses are reduced to batch means with one ``index_add``. ``memory_mb``
     bounds the activations of one pass: large models get whole-data passes one θ at a time (already a big call),
-    small models many θ per pass. No model copies, no loop over batches.
+    small models many θ per pass. No model copies, no loop over batches. With a distributed objective the
+    matrix is split over batches, not θ: each rank runs every θ on its own share of the data (the share it
+    already holds, so no data moves), and the [T, N] matrix is assembled on every rank by one all-reduce of
+    columns that are zero outside each rank's batches (exact, whatever the number of processes).
 
     Args:
         objective: the loss, its N batches and w*.
@@ -129,7 +132,8 @@ def subspace_losses(
     budget = memory_mb * 2**20
     bytes_per_sample = _activation_numel(objective) * objective.X.element_size()
     rows = int(min(n, max(objective.chunk_size, budget // bytes_per_sample)))  # samples per forward pass
-    parts = [slice(s, min(s + rows, n)) for s in range(0, n, rows)]
+    local = objective.local_samples  # all n, or this rank's batches: the matrix is split over batches
+    parts = [slice(s, min(s + rows, local.stop)) for s in range(local.start, local.stop, rows)]
     per_chunk = int(max(1, min(T, budget // (rows * bytes_per_sample))))  # models per vmapped pass
     sums = torch.zeros(T, N, dtype=objective.dtype, device=objective.device)
 
@@ -146,7 +150,7 @@ def subspace_losses(
             sums[rows_t].index_add_(1, objective.batch_index[part], per_sample)
         bar.update(rows_t.stop - rows_t.start)
     bar.close()
-    return sums / objective.batch_counts
+    return objective.all_reduce(sums) / objective.batch_counts
 
 
 def grid_thetas(extent: float, points: int, *, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
