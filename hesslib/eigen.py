@@ -124,6 +124,25 @@ def top_eigenpairs(
     return _block_lanczos(operator, d, b, m_max, tol, max_hvps, generator, init, progress)
 
 
+def canonical_signs(vectors: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
+    """``vectors`` [M, d] with each column's sign chosen so that its dot product with a fixed random vector is ≥ 0.
+
+    An eigenvector's sign is arbitrary, and float rounding (another world size, another device) can flip it;
+    the Monte Carlo Δ_k at a fixed θ draw depends on it (its expectation does not). With canonical signs a run
+    is reproducible across world sizes. The reference vector is drawn from a CPU generator seeded by ``seed``,
+    the same on every process.
+
+    Example:
+        >>> V = torch.eye(3)[:, :2]
+        >>> bool(torch.equal(canonical_signs(V), canonical_signs(-V)))
+        True
+    """
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    reference = torch.randn(vectors.shape[0], generator=generator, dtype=torch.float64)
+    signs = torch.where((reference.to(vectors.device, vectors.dtype) @ vectors) < 0, -1.0, 1.0)
+    return vectors * signs.to(vectors.dtype)
+
+
 def _random(op: Operator, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
     """Standard normal entries of ``shape`` (drawn in float64 on the CPU), in the operator's dtype and device.
 

@@ -104,7 +104,7 @@ def _batches(params: Mapping[str, Any]) -> int:
     return -(-_samples(params) // params.get("batch_size", 64))
 
 
-def _model_size(params: Mapping[str, Any], model: str | None = None) -> int:
+def model_size(params: Mapping[str, Any], model: str | None = None) -> int:
     """M of the model the parameters describe (built on the CPU, not trained)."""
     net = make_model(model or params.get("model", "mlp"), INPUT_SHAPES[params.get("dataset", "mnist5k")],
                      hidden=params.get("hidden", (256, 256)), channels=params.get("channels", (8, 16)))
@@ -163,13 +163,13 @@ def _batch_size(name, value, params):
 
 
 def _subspace_dimension(name, value, params):
-    M = _model_size(params)
+    M = model_size(params)
     return check_int(name, value, 1, M - 1, f"D < M = {M:,}, the model's parameter count")
 
 
 def _dimension_list(hessian: bool):
     def rule(name, value, params):
-        M = _model_size(params)
+        M = model_size(params)
         high = M - 1 if hessian else M
         return _check_list(name, value, lambda n, v: check_int(n, v, 1, high),
                            f"integers in [1, {high}] (M = {M:,} parameters)")
