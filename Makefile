@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_eigen.py
 	$(BIN)/python benchmarks/bench_landscape.py
 	$(BIN)/python benchmarks/bench_uncertainty.py
+	$(BIN)/python benchmarks/bench_distributed.py
 
 # Build outputs only; the training / Hessian caches under data/cache survive (use clean-cache).
 clean:
