@@ -26,7 +26,7 @@ def problem(distributed: bool) -> tuple[Objective, torch.Tensor, torch.Tensor, t
     V = torch.randn(obj.num_params, 3, generator=generator, dtype=torch.float64)
     P = torch.linalg.qr(torch.randn(obj.num_params, 2, generator=generator, dtype=torch.float64))[0]
     thetas = torch.randn(5, 2, generator=generator, dtype=torch.float64)
-    return obj, V, P, thetas
+    return obj, V.to(obj.device), P.to(obj.device), thetas
 
 
 def results(distributed: bool) -> dict:

@@ -1,11 +1,19 @@
 import gzip
+import io
+import os
+import struct
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
 import torch
 
+import hesslib.data as data_module
 from hesslib import load_dataset
-from hesslib.data import DATASETS, read_idx, write_idx
+from hesslib.data import DATASETS, DownloadError, download, read_idx, write_idx
 
 
 def test_mnist5k_shapes_dtypes_and_fixed_order(data_root):
@@ -104,3 +112,132 @@ def test_fashion_mnist_test_split_and_missing_files(tmp_path):
         load_dataset("fashion-mnist", root=tmp_path, split="train")
     with pytest.raises(FileNotFoundError, match="hesslib.data download mnist"):
         load_dataset("mnist", root=tmp_path)
+
+
+# --- environment failures: one line saying what failed and what to do --------------------------------------------
+
+MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+def _offline(monkeypatch, calls=None):
+    def urlopen(url, *args, **kwargs):
+        if calls is not None:
+            calls.append(url)
+        raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+
+
+def _serve(monkeypatch, payloads):
+    """urlopen answering each file name with payloads[name] (bytes) or by calling it (to raise)."""
+
+    def urlopen(url, *args, **kwargs):
+        payload = payloads[url.rsplit("/", 1)[1]]
+        return io.BytesIO(payload) if isinstance(payload, bytes) else payload()
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+
+
+def _gz_idx(array):
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}i", *array.shape)
+    return gzip.compress(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def test_download_offline_gives_one_line_error_naming_url_folder_and_files(tmp_path, monkeypatch):
+    calls = []
+    _offline(monkeypatch, calls)
+    with pytest.raises(DownloadError) as info:
+        download("mnist", root=tmp_path)
+    message = str(info.value)
+    assert isinstance(info.value, OSError) and "\n" not in message
+    assert calls == ["https://ossci-datasets.s3.amazonaws.com/mnist/train-images-idx3-ubyte.gz"]
+    assert message.startswith(f"cannot download {calls[0]} (")
+    assert "Name or service not known" in message
+    assert f"{tmp_path / 'MNIST' / 'raw'}/" in message
+    assert all(name in message for name in MNIST_FILES)
+    assert list((tmp_path / "MNIST" / "raw").iterdir()) == []  # nothing partial left behind
+
+
+def test_download_cli_offline_exits_1_with_one_stderr_line(tmp_path, monkeypatch, capsys):
+    _offline(monkeypatch)
+    assert data_module.main(["download", "fashion-mnist", "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("hesslib.data: error: cannot download http://fashion-mnist.")
+    assert f"{tmp_path / 'FashionMNIST' / 'raw'}/" in err and "t10k-labels-idx1-ubyte.gz" in err
+
+
+def test_download_cli_in_a_subprocess_prints_only_the_error_line(tmp_path):
+    # a proxy on a closed local port fails every request at once, with or without internet
+    env = {**os.environ, "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
+           "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": ""}
+    result = subprocess.run([sys.executable, "-m", "hesslib.data", "download", "mnist", "--root", str(tmp_path)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("hesslib.data: error: cannot download https://ossci-datasets")
+    assert f"{tmp_path / 'MNIST' / 'raw'}/" in result.stderr
+    assert list((tmp_path / "MNIST" / "raw").iterdir()) == []
+
+
+def test_download_http_error_and_bad_payload_leave_nothing(tmp_path, monkeypatch):
+    def not_found():
+        raise urllib.error.HTTPError("u", 404, "Not Found", None, None)
+
+    good = _gz_idx(np.zeros((3, 28, 28), np.uint8))
+    raw = tmp_path / "MNIST" / "raw"
+    _serve(monkeypatch, {"train-images-idx3-ubyte.gz": good, "train-labels-idx1-ubyte.gz": not_found})
+    with pytest.raises(DownloadError, match=r"train-labels-idx1-ubyte\.gz \(HTTP 404 Not Found\); without internet"):
+        download("mnist", root=tmp_path)
+    assert sorted(p.name for p in raw.iterdir()) == ["train-images-idx3-ubyte.gz"]  # the good file is kept
+    for payload in (b"<html>captive portal</html>", good[:-20], gzip.compress(b"\0\0\x08\x01\0\0\0\x05abc")):
+        _serve(monkeypatch, {"train-labels-idx1-ubyte.gz": payload})
+        with pytest.raises(DownloadError) as info:
+            download("mnist", root=tmp_path)
+        assert "\n" not in str(info.value) and "train-labels-idx1-ubyte.gz (" in str(info.value)
+        assert sorted(p.name for p in raw.iterdir()) == ["train-images-idx3-ubyte.gz"]
+
+
+def test_download_interrupted_leaves_nothing(tmp_path, monkeypatch):
+    class Interrupted(io.BytesIO):
+        def read(self, *args):
+            raise KeyboardInterrupt
+
+    _serve(monkeypatch, {"train-images-idx3-ubyte.gz": lambda: Interrupted(b"")})
+    with pytest.raises(KeyboardInterrupt):
+        download("mnist", root=tmp_path)
+    assert list((tmp_path / "MNIST" / "raw").iterdir()) == []
+
+
+def test_download_unwritable_root_is_one_line(tmp_path, monkeypatch):
+    _offline(monkeypatch)
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(DownloadError, match=r"\(cannot write to .*file/MNIST/raw/: .*\); without internet") as info:
+        download("mnist", root=tmp_path / "file")
+    assert "\n" not in str(info.value)
+
+
+def test_download_writes_valid_files_and_skips_existing(tmp_path, monkeypatch):
+    images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28) % 251
+    labels = np.array([3, 7], np.uint8)
+    payloads = {name: _gz_idx(images if "images" in name else labels) for name in MNIST_FILES}
+    _serve(monkeypatch, payloads)
+    download("mnist", root=tmp_path)
+    raw = tmp_path / "MNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(MNIST_FILES)  # no temporaries
+    data = load_dataset("mnist", root=tmp_path, split="test")
+    assert data.y.tolist() == [3, 7]
+    _offline(monkeypatch)
+    download("mnist", root=tmp_path)  # everything there: nothing fetched, no error
+
+
+def test_missing_idx_message_is_one_line_with_path_and_both_remedies(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        load_dataset("mnist", root=tmp_path, split="test")
+    message = str(info.value)
+    raw = tmp_path / "MNIST" / "raw"
+    assert "\n" not in message
+    assert f"{raw / 't10k-images-idx3-ubyte'}[.gz]" in message and f"{raw / 't10k-labels-idx1-ubyte'}[.gz]" in message
+    assert f"into {raw}/" in message and "torchvision's MNIST/raw/ files" in message
+    assert f"`python -m hesslib.data download mnist --root {tmp_path}`" in message

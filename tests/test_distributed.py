@@ -58,3 +58,27 @@ def test_distributed_needs_a_process_group():
     model = make_model("linear", (1, 2, 2), num_classes=2, seed=0)
     with pytest.raises(RuntimeError, match="distributed=True needs an initialised torch.distributed process group"):
         Objective(model, torch.randn(4, 1, 2, 2), torch.tensor([0, 1, 0, 1]), batch_size=2, distributed=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_same_results_on_a_gpu():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("distributed_worker", WORKER)
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    cpu = worker.results(distributed=False)
+    original = worker.Objective.__init__
+
+    def on_gpu(self, *args, **kwargs):
+        original(self, *args, **{**kwargs, "device": "cuda"})
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(worker.Objective, "__init__", on_gpu)
+        gpu = worker.results(distributed=False)
+    for name, expected in cpu.items():
+        if name in ("local_batches", "eigenvectors"):
+            continue
+        got = torch.as_tensor(gpu[name]).cpu()
+        scale = expected.abs().max().clamp_min(1e-300)
+        assert ((got - expected).abs().max() / scale) < 1e-8, f"{name} differs on the GPU"
