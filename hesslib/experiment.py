@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -170,9 +170,14 @@ class Experiment:
         check_positive("sigma", sigma)
         check_int("samples", samples, 1)
 
-    def _cached(self, namespace: str, extra: dict, compute):
-        """``compute()`` memoised under ``namespace``, keyed by :attr:`config` plus ``extra``."""
-        return cached(namespace, {**self.config, **extra}, compute, cache_dir=self.cache_dir)
+    def _cached(self, namespace: str, extra: dict, compute, *, on_device: bool = False):
+        """``compute()`` memoised under ``namespace``, keyed by :attr:`config` plus ``extra``.
+
+        With ``on_device`` the tensors of a value read back from the cache (stored on the CPU) are moved to the
+        objective's device, where the computed value lives (eigenvectors, curvature: inputs of later products).
+        """
+        value = cached(namespace, {**self.config, **extra}, compute, cache_dir=self.cache_dir)
+        return _to_device(value, self.objective.device) if on_device else value
 
     def _subspace_key(self, directions: Directions, D: int, direction_seed: int) -> dict:
         """What identifies P: the family, D, and the seed of random directions (Hessian ones have none)."""
@@ -204,7 +209,7 @@ class Experiment:
         """
         return self._cached("eigen", dict(d=d, tol=tol, method=method, solver_seed=solver_seed),
                             lambda: top_eigenpairs(self.objective, d, tol=tol, method=method, seed=solver_seed,
-                                                   progress=self.progress))
+                                                   progress=self.progress), on_device=True)
 
     def basis(self, directions: Directions, D: int, *, direction_seed: int = 0) -> torch.Tensor:
         """The subspace basis P [M, D] of w = w* + Pθ.
@@ -324,7 +329,8 @@ class Experiment:
         """
         return self._cached("curvature", self._subspace_key(directions, D, direction_seed),
                             lambda: projected_hessians(self.objective,
-                                                       self.basis(directions, D, direction_seed=direction_seed)))
+                                                       self.basis(directions, D, direction_seed=direction_seed)),
+                            on_device=True)
 
     def online_stopping(self, *, seed: int, **settings: Any) -> OnlineResult:
         """The online rule (:func:`~hesslib.stopping.run_online_stopping`) on this data and model family, cached.
@@ -364,7 +370,8 @@ class Experiment:
                 self.objective, self.basis(directions, D, direction_seed=direction_seed), progress=self.progress)
             return dict(higher=higher, seconds=time.perf_counter() - start)
 
-        return self._cached("higher-derivatives", self._subspace_key(directions, D, direction_seed), compute)
+        return self._cached("higher-derivatives", self._subspace_key(directions, D, direction_seed), compute,
+                            on_device=True)
 
     def paper_eigenvalues(self, D: int, *, tol: float = 1e-4) -> dict:
         """The top-D eigenvalues of every H_k (:func:`~hesslib.estimators.paper_eigenvalues`), cached.
@@ -506,3 +513,16 @@ class Experiment:
             self.objective, self.basis(directions, 2, direction_seed=direction_seed), thetas,
             progress=self.progress).cpu())
         return axis.numpy(), losses
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor in it (directly, in a dataclass, a dict, a list or a tuple) moved to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if is_dataclass(value) and not isinstance(value, type):
+        return replace(value, **{f.name: _to_device(getattr(value, f.name), device) for f in fields(value) if f.init})
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_device(v, device) for v in value)
+    return value

@@ -152,3 +152,18 @@ def test_control_variate_rereads_the_cached_losses_and_curvature(exp, monkeypatc
                                control_variate=True)
     np.testing.assert_allclose(cv.delta, direct.delta, rtol=1e-5)
     assert cv.label == "Monte Carlo, control variate" and np.all(np.abs(cv.delta - plain.delta) < 5 * plain.stderr)
+
+
+def test_cached_values_are_moved_to_the_objective_device():
+    """Eigenvectors and curvature come back from the cache on the CPU; on a GPU run they must be on its device
+    (checked with the 'meta' device, which exists without a GPU)."""
+    from hesslib.eigen import EigenResult
+    from hesslib.experiment import _to_device
+    from hesslib.hessian import HigherDerivatives, ProjectedCurvature
+
+    eig = EigenResult(torch.ones(2), torch.ones(5, 2), torch.zeros(2), 7, True, "lanczos")
+    moved = _to_device({"eig": eig, "parts": [ProjectedCurvature(torch.ones(3), torch.ones(3, 2), torch.ones(3, 2, 2))],
+                        "higher": HigherDerivatives(torch.ones(3, 2), torch.ones(3)), "seconds": 1.5},
+                       torch.device("meta"))
+    assert moved["eig"].eigenvectors.is_meta and moved["eig"].num_hvps == 7 and moved["eig"].method == "lanczos"
+    assert all(t.is_meta for t in (moved["parts"][0].hessians, moved["higher"].third)) and moved["seconds"] == 1.5
