@@ -8,6 +8,7 @@ full-data loss is L(w) = L_N(w), so its Hessian H = (1/N) Σ_i ∇²ℓ_i exactl
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ from torch.func import functional_call, grad, jvp, vmap
 from .losses import Loss, check_loss, per_sample_loss
 from .operators import check_block, check_vector
 from .progress import progress_bar
+
+# The most MiB of activations (per sample × samples of a chunk × vectors of a block) one pass may hold on the CPU.
+ACTIVATION_BUDGET_MB = 96.0
 
 
 class ParameterBlock(NamedTuple):
@@ -191,9 +195,41 @@ class Objective:
         out = functional_call(self.model, ({**self.unflatten(w), **self._buffers},), (X,))
         return per_sample_loss(out, y, self.loss)
 
-    def chunks(self) -> list[slice]:
-        """Consecutive slices of at most ``chunk_size`` samples covering this process's samples (all n, alone)."""
-        start, stop, c = self.local_samples.start, self.local_samples.stop, self.chunk_size
+    @functools.cached_property
+    def activation_numel(self) -> int:
+        """Floats of activations one sample produces in a forward pass (its input and every leaf module's output)."""
+        total = self.X[0].numel()
+        hooks = []
+
+        def count(_module, _inputs, output):
+            nonlocal total
+            total += output.numel()
+
+        for module in self.model.modules():
+            if not list(module.children()):
+                hooks.append(module.register_forward_hook(count))
+        try:
+            with torch.no_grad():
+                functional_call(self.model, ({**self.unflatten(self.params), **self._buffers},), (self.X[:1],))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return total
+
+    def chunks(self, width: int = 1) -> list[slice]:
+        """Consecutive slices of samples covering this process's samples (all n when it runs alone).
+
+        Each holds at most ``chunk_size`` samples, and fewer when one chunk's activations times ``width`` (the
+        vectors of a block of products) would exceed :data:`ACTIVATION_BUDGET_MB` on the CPU: models with many
+        activations per sample are memory-bound there, and small chunks keep them in the caches (a block of 4
+        products on the paper's CNN: 1.9 s at 276 samples per chunk against 6.2 s at 2,048). The MLP's
+        activations are small, so it keeps ``chunk_size``. Chunking changes float rounding only.
+        """
+        c = self.chunk_size
+        if self.device.type == "cpu":
+            per_sample = self.activation_numel * self.X.element_size() * max(1, width)
+            c = max(16, min(c, int(ACTIVATION_BUDGET_MB * 2**20 // per_sample)))
+        start, stop = self.local_samples.start, self.local_samples.stop
         return [slice(s, min(s + c, stop)) for s in range(start, stop, c)]
 
     def prefix(self, k: int) -> Objective:
@@ -284,7 +320,7 @@ class Objective:
         V = check_block(self, V.unsqueeze(1) if single else V, "V")
         w = self.params
         out = torch.zeros(V.shape[1], V.shape[0], dtype=self.dtype, device=self.device)
-        for part in self.chunks():
+        for part in self.chunks(width=V.shape[1]):
 
             def hv(v: torch.Tensor, part: slice = part) -> torch.Tensor:
                 return jvp(lambda w_: grad(self._chunk_loss)(w_, part), (w,), (v,))[1]

@@ -61,27 +61,6 @@ def random_directions(
     return P.to(objective.device, objective.dtype)
 
 
-def _activation_numel(objective: Objective) -> int:
-    """Floats of activations one sample produces in a forward pass (leaf-module outputs)."""
-    total = objective.X[0].numel()
-    hooks = []
-
-    def count(_module, _inputs, output):
-        nonlocal total
-        total += output.numel()
-
-    for module in objective.model.modules():
-        if not list(module.children()):
-            hooks.append(module.register_forward_hook(count))
-    try:
-        with torch.no_grad():
-            objective.model(objective.X[:1])
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return total
-
-
 @torch.no_grad()
 def subspace_losses(
     objective: Objective,
@@ -130,7 +109,7 @@ def subspace_losses(
     thetas = thetas.to(objective.device, objective.dtype)
     T, N, n = thetas.shape[0], objective.num_batches, objective.num_samples
     budget = memory_mb * 2**20
-    bytes_per_sample = _activation_numel(objective) * objective.X.element_size()
+    bytes_per_sample = objective.activation_numel * objective.X.element_size()
     rows = int(min(n, max(objective.chunk_size, budget // bytes_per_sample)))  # samples per forward pass
     local = objective.local_samples  # all n, or this rank's batches: the matrix is split over batches
     parts = [slice(s, min(s + rows, local.stop)) for s in range(local.start, local.stop, rows)]

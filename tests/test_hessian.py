@@ -185,3 +185,20 @@ def test_paper_formula_uses_the_top_eigenvalues_of_every_H_k():
     with pytest.raises(ValueError, match="k must be an integer in"):
         obj.prefix(0)
     assert obj.prefix(5) is obj and obj.prefix(2).num_batches == 2
+
+
+def test_chunks_shrink_with_the_block_width_and_change_nothing_but_rounding(monkeypatch):
+    import hesslib
+    import hesslib.hessian as engine
+
+    data = hesslib.load_dataset("digits", limit=200)
+    model = hesslib.make_model("cnn", data.input_shape, channels=(4,), seed=0).double()
+    obj = engine.Objective(model, data.X, data.y, batch_size=32, dtype=torch.float64)
+    V = torch.randn(obj.num_params, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    whole = obj.hvp(V)
+    per_sample_mb = obj.activation_numel * 8 / 2**20
+    monkeypatch.setattr(engine, "ACTIVATION_BUDGET_MB", 40 * per_sample_mb)  # 40 samples' worth
+    assert [c.stop - c.start for c in obj.chunks()][:2] == [40, 40]
+    assert [c.stop - c.start for c in obj.chunks(width=4)][:2] == [16, 16], "floor of 16 samples per chunk"
+    assert sum(c.stop - c.start for c in obj.chunks(width=4)) == obj.num_samples
+    torch.testing.assert_close(obj.hvp(V), whole, rtol=1e-12, atol=1e-14)

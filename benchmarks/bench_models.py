@@ -1,0 +1,93 @@
+"""Per model family: multiply-adds per sample, and the forward pass, gradient, single and block Hessian-vector
+products over the default data, in seconds and in gradients per vector.
+
+Writes ``benchmarks/results/bench_models.json``:
+``{"machine": {...}, "rows": [{"model", "params", "macs_per_sample", "forward_s", "gradient_s", "hvp_s",
+"block_s", "block_size", "gradients_per_vector_single", "gradients_per_vector_block", "ns_per_mac_gradient"}]}``.
+Run: ``python benchmarks/bench_models.py [--repeat 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import hesslib
+from hesslib.paper import machine
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_models.json"
+
+
+def macs_per_sample(model: nn.Module, input_shape) -> int:
+    """Multiply-adds of one forward pass of one sample (Linear and Conv2d layers)."""
+    total = 0
+
+    def count(module, args, out):
+        nonlocal total
+        if isinstance(module, nn.Linear):
+            total += module.in_features * module.out_features
+        elif isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            total += out[0].numel() * module.in_channels // module.groups * kh * kw
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    with torch.no_grad():
+        model(torch.zeros(1, *input_shape))
+    for hook in hooks:
+        hook.remove()
+    return total
+
+
+def best_of(fn, repeat: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--block", type=int, default=4)
+    args = parser.parse_args()
+    data = hesslib.load_dataset("mnist5k", limit=4992)
+    rows = []
+    for name in ("linear", "mlp", "cnn"):
+        net = hesslib.make_model(name, data.input_shape, seed=0)
+        obj = hesslib.Objective(net, data.X, data.y, batch_size=64)
+        generator = torch.Generator().manual_seed(0)
+        V = torch.randn(obj.num_params, args.block, generator=generator)
+        forward = best_of(obj.batch_losses, args.repeat)
+        gradient = best_of(obj.gradient, args.repeat)
+        single = best_of(lambda obj=obj, V=V: obj.hvp(V[:, 0]), args.repeat)
+        block = best_of(lambda obj=obj, V=V: obj.hvp(V), args.repeat)
+        macs = macs_per_sample(net, data.input_shape)
+        rows.append({"model": name, "params": obj.num_params, "macs_per_sample": macs, "forward_s": forward,
+                     "gradient_s": gradient, "hvp_s": single, "block_s": block, "block_size": args.block,
+                     "gradients_per_vector_single": single / gradient,
+                     "gradients_per_vector_block": block / args.block / gradient,
+                     "ns_per_mac_gradient": gradient / (macs * obj.num_samples) * 1e9})
+    mlp = next(r for r in rows if r["model"] == "mlp")
+    print(f"mnist5k, {len(data)} samples, {torch.get_num_threads()} threads; block of {args.block} products")
+    print(f"{'model':>7} {'params':>9} {'MACs/sample':>12} {'forward':>9} {'gradient':>9} {'HVP':>9} {'block':>9} "
+          f"{'grad/vec 1':>11} {'grad/vec b':>11} {'ns/MAC':>8} {'vs MLP':>7}")
+    for r in rows:
+        print(f"{r['model']:>7} {r['params']:>9,} {r['macs_per_sample']:>12,} {r['forward_s']:8.3f}s "
+              f"{r['gradient_s']:8.3f}s {r['hvp_s']:8.3f}s {r['block_s']:8.3f}s "
+              f"{r['gradients_per_vector_single']:11.2f} {r['gradients_per_vector_block']:11.2f} "
+              f"{r['ns_per_mac_gradient']:8.3f} {r['ns_per_mac_gradient'] / mlp['ns_per_mac_gradient']:6.1f}×")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2) + "\n")
+    print(f"written {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
