@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -44,18 +45,83 @@ def config_key(config: dict[str, Any]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+class CacheWriteError(OSError):
+    """A cache (or data) folder cannot be created or written; the message is one line naming it and the fix."""
+
+
+# atomic_write's temporaries: ".<final name>.<mkstemp's 8 random characters>.tmp"
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path`` and rename it into place only on success."""
+    """Call ``write(tmp)`` on a temporary file beside ``path`` and rename it into place only on success.
+
+    Whatever ends the write (an error, Ctrl-C), the temporary is removed and nothing is left at ``path``; only a
+    hard kill can leave the temporary ``.<name>.<random>.tmp`` behind (see :func:`remove_stale_temporaries`).
+
+    Args:
+        path: the final path.
+        write: writes the whole content to the path it is given.
+
+    Raises:
+        CacheWriteError: if the folder of ``path`` cannot be created or a file cannot be created in it.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    folder = path.parent
     try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _write_error(folder, exc) from exc
+    try:
+        os.close(fd)
         write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write_error(folder: Path, exc: OSError) -> CacheWriteError:
+    """The one-line error for an unwritable ``folder`` (keeps ``exc``'s errno)."""
+    if folder.exists() and not folder.is_dir():
+        reason = "it is a file, not a folder"
+    else:
+        reason = exc.strerror or str(exc)
+        if exc.filename is not None and Path(exc.filename) != folder:
+            reason += f": {exc.filename}"
+    error = CacheWriteError(
+        f"cannot write to the cache folder {folder}/ ({reason}); make it writable or pass cache_dir=None "
+        f"(no cache) / `-p cache_dir <writable folder>`"
+    )
+    error.errno = exc.errno
+    return error
+
+
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Delete the temporaries a killed :func:`atomic_write` left in ``folder`` (not its subfolders).
+
+    Only files named like its temporaries, ``.<name>.<8 random characters>.tmp``, are removed; cache entries and
+    other files are kept. Call it only while no other process writes to ``folder``.
+
+    Args:
+        folder: the folder to clean; a missing folder has nothing to remove.
+
+    Returns:
+        How many files were removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for candidate in folder.glob(".*.tmp"):
+        if _TEMPORARY.fullmatch(candidate.name) and candidate.is_file() and not candidate.is_symlink():
+            try:
+                candidate.unlink()
+            except FileNotFoundError:  # removed meanwhile
+                continue
+            removed += 1
+    return removed
 
 
 def save_torch(path: Path, obj: Any) -> None:

@@ -16,7 +16,15 @@ Fashion-MNIST uses its own (0.2860, 0.3530), digits (pixels / 16) theirs (0.3053
 from __future__ import annotations
 
 import gzip
+import http.client
+import os
+import shutil
 import struct
+import sys
+import tempfile
+import urllib.error
+import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +32,10 @@ import numpy as np
 import torch
 
 from .cache import load_npz, save_npz
+
+if sys.argv[:1] == ["-m"]:  # `python -m hesslib.data`: the package imported this module before runpy runs it,
+    # and runpy's warning about that would be a second stderr line around the CLI's one-line error
+    warnings.filterwarnings("ignore", message=r"'hesslib\.data' found in sys\.modules", category=RuntimeWarning)
 
 DATASETS = ("mnist5k", "digits", "mnist", "fashion-mnist")
 SPLITS = ("train", "test")
@@ -173,8 +185,8 @@ def _load_idx_pair(name: str, root: Path, split: str) -> tuple[np.ndarray, np.nd
     if None in found:
         missing = ", ".join(f"{p}[.gz]" for p, f in zip(expected, found, strict=True) if f is None)
         raise FileNotFoundError(
-            f"{name} {split} split: missing IDX file(s) {missing}. Copy the standard files (as torchvision "
-            f"downloads them) into {expected[0].parent}/, or run "
+            f"{name} {split} split: missing IDX file(s) {missing}. Copy the standard files (torchvision's "
+            f"{_IDX_FOLDERS[name]}/raw/ files) into {expected[0].parent}/, or run "
             f"`python -m hesslib.data download {name} --root {root}` where there is internet "
             f"(source: {_IDX_URLS[name]})."
         )
@@ -190,6 +202,11 @@ def read_idx(path: str | Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as fh:
         raw = fh.read()
+    return _parse_idx(raw, path)
+
+
+def _parse_idx(raw: bytes, path: str | Path) -> np.ndarray:
+    """The array in the IDX bytes ``raw`` read from ``path`` (a file or URL, named in the errors)."""
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number)")
     ndim = raw[3]
@@ -213,8 +230,29 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
         fh.write(header + array.tobytes())
 
 
+class DownloadError(OSError):
+    """A download of IDX files failed; the message is one line: the URL, the reason, and where to put the files."""
+
+
+_DOWNLOAD_TIMEOUT_S = 60
+
+
 def download(name: str, root: str | Path = "data") -> None:
-    """Fetch the four IDX files of ``name`` into torchvision's layout (needs internet; nothing depends on it)."""
+    """Fetch the four IDX files of ``name`` into torchvision's layout (needs internet; nothing depends on it).
+
+    Files already there (``.gz``) are kept. Each file is written to a temporary file beside its final path,
+    checked to be a whole IDX file, and only then renamed into place, so a failed or interrupted download
+    leaves nothing at the final path.
+
+    Args:
+        name: ``"mnist"`` or ``"fashion-mnist"``.
+        root: the data folder; the files go to ``root/MNIST/raw/`` or ``root/FashionMNIST/raw/``.
+
+    Raises:
+        ValueError: if ``name`` cannot be downloaded.
+        DownloadError: if a file cannot be fetched (no network, HTTP error, not an IDX file) or the folder
+            cannot be written; its one-line message names the URL, the reason and the files to copy by hand.
+    """
     import urllib.request
 
     if name not in _IDX_FOLDERS:
@@ -224,12 +262,48 @@ def download(name: str, root: str | Path = "data") -> None:
             target = path.with_name(path.name + ".gz")
             if target.exists():
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
             url = _IDX_URLS[name] + target.name
             print(f"downloading {url} -> {target}")
-            tmp = target.with_suffix(".part")
-            urllib.request.urlretrieve(url, tmp)
-            read_idx(tmp.rename(target))  # validate
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+            except OSError as exc:
+                reason = f"cannot write to {target.parent}/: {exc}"
+                raise DownloadError(_download_advice(name, root, url, reason)) from exc
+            tmp = Path(tmp_name)
+            try:
+                with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as resp:
+                    shutil.copyfileobj(resp, out)
+                with gzip.open(tmp, "rb") as fh:  # validate before it gets the final name
+                    _parse_idx(fh.read(), url)
+                os.replace(tmp, target)
+            # URLError, HTTPError, timeouts and a bad gzip are OSErrors; ValueError: not an IDX file
+            except (OSError, ValueError, EOFError, zlib.error, http.client.HTTPException) as exc:
+                raise DownloadError(_download_advice(name, root, url, _reason(exc))) from exc
+            finally:
+                tmp.unlink(missing_ok=True)  # a failed, corrupt or interrupted (Ctrl-C) download leaves nothing
+
+
+def _reason(exc: BaseException) -> str:
+    """A one-line reason for a failed download (``URLError`` wraps the socket error in ``.reason``)."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(exc, urllib.error.HTTPError):
+        text = f"HTTP {exc.code} {exc.reason}"
+    elif reason is not None:
+        text = str(reason)
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def _download_advice(name: str, root: str | Path, url: str, reason: str) -> str:
+    """One line: what failed, why, and which files to copy into which folder instead."""
+    folder = idx_paths(name, root, "train")[0].parent
+    files = ", ".join(f"{p.name}.gz" for split in SPLITS for p in idx_paths(name, root, split))
+    return (
+        f"cannot download {url} ({reason}); without internet, put the {name} files {files} by hand into "
+        f"{folder}/ (e.g. copy torchvision's {_IDX_FOLDERS[name]}/raw/ files there)"
+    )
 
 
 def has_test_split(name: str, root: str | Path = "data") -> bool:
@@ -250,12 +324,34 @@ def has_test_split(name: str, root: str | Path = "data") -> bool:
     return all(_find(p) is not None for p in idx_paths(name, root, "test"))
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    """The command line ``python -m hesslib.data download NAME [--root FOLDER]``.
+
+    A failed download ends in one line on stderr, ``hesslib.data: error: ...``, and exit status 1 (no traceback).
+
+    Args:
+        argv: the arguments after the program name; None reads ``sys.argv``.
+
+    Returns:
+        The exit status: 0 on success, 1 if the download failed, 130 if interrupted.
+    """
     import argparse
 
-    parser = argparse.ArgumentParser(description="Download MNIST / Fashion-MNIST IDX files.")
+    parser = argparse.ArgumentParser(prog="hesslib.data", description="Download MNIST / Fashion-MNIST IDX files.")
     parser.add_argument("command", choices=["download"])
     parser.add_argument("name", choices=sorted(_IDX_FOLDERS))
     parser.add_argument("--root", default="data")
-    args = parser.parse_args()
-    download(args.name, args.root)
+    args = parser.parse_args(argv)
+    try:
+        download(args.name, args.root)
+    except DownloadError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: error: interrupted; nothing partial was kept, run the command again", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
