@@ -12,6 +12,7 @@ import json
 import os
 import re
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -98,14 +99,16 @@ def _write_error(folder: Path, exc: OSError) -> CacheWriteError:
     return error
 
 
-def remove_stale_temporaries(folder: str | Path) -> int:
+def remove_stale_temporaries(folder: str | Path, *, min_age_s: float = 0.0) -> int:
     """Delete the temporaries a killed :func:`atomic_write` left in ``folder`` (not its subfolders).
 
     Only files named like its temporaries, ``.<name>.<8 random characters>.tmp``, are removed; cache entries and
-    other files are kept. Call it only while no other process writes to ``folder``.
+    other files are kept. Call it only while no other process writes to ``folder``, or with ``min_age_s`` longer
+    than any write takes (a temporary being written now is younger).
 
     Args:
         folder: the folder to clean; a missing folder has nothing to remove.
+        min_age_s: remove only temporaries last modified at least this many seconds ago.
 
     Returns:
         How many files were removed.
@@ -117,6 +120,8 @@ def remove_stale_temporaries(folder: str | Path) -> int:
     for candidate in folder.glob(".*.tmp"):
         if _TEMPORARY.fullmatch(candidate.name) and candidate.is_file() and not candidate.is_symlink():
             try:
+                if min_age_s and time.time() - candidate.stat().st_mtime < min_age_s:
+                    continue
                 candidate.unlink()
             except FileNotFoundError:  # removed meanwhile
                 continue

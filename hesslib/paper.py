@@ -33,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from .cache import project_root
+from .cache import project_root, remove_stale_temporaries
 from .plots import FIGURE_LOG_ENV, FIGURE_STAGING_ENV
 from .progress import CONSOLE_PROGRESS_ENV
 from .results import RESULTS_LOG_ENV
@@ -479,21 +479,15 @@ def remove_leftovers(locked: Sequence[Path], shared: Sequence[Path] = (), *, min
     (a cache another process may be writing to) only temporary files older than ``min_age_s``.
     Returns how many were removed.
     """
-    removed = 0
-    now = time.time()
-    for folder, is_locked in [*((f, True) for f in locked), *((f, False) for f in shared)]:
+    removed = sum(remove_stale_temporaries(folder, min_age_s=min_age_s) for folder in shared)
+    for folder in locked:
         if not folder.is_dir():
             continue
-        patterns = (".*.tmp", ".*.running.ipynb", ".*.jsonl") if is_locked else (".*.tmp",)
-        for pattern in patterns:
+        for pattern in (".*.tmp", ".*.running.ipynb", ".*.jsonl"):
             for leftover in folder.glob(pattern):
-                try:
-                    if is_locked or now - leftover.stat().st_mtime > min_age_s:
-                        leftover.unlink()
-                        removed += 1
-                except FileNotFoundError:  # its writer finished it meanwhile
-                    pass
-        if is_locked and (folder / ".staging").is_dir():
+                leftover.unlink(missing_ok=True)
+                removed += 1
+        if (folder / ".staging").is_dir():
             shutil.rmtree(folder / ".staging")
             removed += 1
     return removed

@@ -166,7 +166,7 @@ def test_leftovers_are_removed_from_locked_folders_and_only_old_ones_from_shared
     (locked / ".00_x.running.ipynb").write_text("x")
     (locked / ".staging").mkdir()
     (locked / "00_done.png").write_text("kept")
-    fresh, old = shared / ".train-abc.pt.k3j.tmp", shared / ".eigen-def.pt.x9.tmp"
+    fresh, old = shared / ".train-abc.pt.k3j9x2ab.tmp", shared / ".eigen-def.pt.x9q7w1zz.tmp"
     fresh.write_text("being written by another process")
     old.write_text("left by a dead one")
     os.utime(old, (time.time() - 3600, time.time() - 3600))
