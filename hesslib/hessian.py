@@ -22,8 +22,10 @@ from .losses import Loss, check_loss, per_sample_loss
 from .operators import check_block, check_vector
 from .progress import progress_bar
 
-# The most MiB of activations (per sample × samples of a chunk × vectors of a block) one pass may hold on the CPU.
+# The most MiB of activations (per sample × samples of a chunk × vectors of a block) one pass may hold: small on
+# the CPU, where memory-bound kernels want their data in the caches; on an accelerator, a bound on its memory.
 ACTIVATION_BUDGET_MB = 96.0
+ACCELERATOR_ACTIVATION_BUDGET_MB = 2048.0
 
 
 class ParameterBlock(NamedTuple):
@@ -220,15 +222,15 @@ class Objective:
         """Consecutive slices of samples covering this process's samples (all n when it runs alone).
 
         Each holds at most ``chunk_size`` samples, and fewer when one chunk's activations times ``width`` (the
-        vectors of a block of products) would exceed :data:`ACTIVATION_BUDGET_MB` on the CPU: models with many
-        activations per sample are memory-bound there, and small chunks keep them in the caches (a block of 4
-        products on the paper's CNN: 1.9 s at 276 samples per chunk against 6.2 s at 2,048). The MLP's
-        activations are small, so it keeps ``chunk_size``. Chunking changes float rounding only.
+        vectors of a block of products) would exceed :data:`ACTIVATION_BUDGET_MB` on the CPU (or
+        :data:`ACCELERATOR_ACTIVATION_BUDGET_MB` on another device): models with many activations per sample
+        are memory-bound on a CPU, and small chunks keep them in the caches (a block of 4 products on the paper's
+        CNN: 1.9 s at 276 samples per chunk against 6.2 s at 2,048). The MLP's activations are small, so it
+        keeps ``chunk_size``. Chunking changes float rounding only.
         """
-        c = self.chunk_size
-        if self.device.type == "cpu":
-            per_sample = self.activation_numel * self.X.element_size() * max(1, width)
-            c = max(16, min(c, int(ACTIVATION_BUDGET_MB * 2**20 // per_sample)))
+        budget = ACTIVATION_BUDGET_MB if self.device.type == "cpu" else ACCELERATOR_ACTIVATION_BUDGET_MB
+        per_sample = self.activation_numel * self.X.element_size() * max(1, width)
+        c = max(16, min(self.chunk_size, int(budget * 2**20 // per_sample)))
         start, stop = self.local_samples.start, self.local_samples.stop
         return [slice(s, min(s + c, stop)) for s in range(start, stop, c)]
 
