@@ -89,7 +89,7 @@ def _write_error(folder: Path, exc: OSError) -> CacheWriteError:
         reason = "it is a file, not a folder"
     else:
         reason = exc.strerror or str(exc)
-        if exc.filename is not None and Path(exc.filename) != folder:
+        if exc.filename is not None and Path(exc.filename) in folder.parents:  # a folder above it failed
             reason += f": {exc.filename}"
     error = CacheWriteError(
         f"cannot write to the cache folder {folder}/ ({reason}); make it writable or pass cache_dir=None "

@@ -4,9 +4,13 @@ Each notebook is executed headlessly from the repository root into ``BUILD/noteb
 temporary name and renamed only on success; a failure stops the run, keeps the partial notebook under
 ``BUILD/failed/`` for reading, and leaves nothing a later run would take as done). Parameters given with
 ``-p NAME VALUE`` or ``--params-file FILE.yaml`` go to every notebook that declares them in its ``parameters``
-cell. Figures are recorded through ``$HESSLIB_FIGURE_LOG`` and listed with their notebook, parameters, the git
-commit and sha256 in ``MANIFEST.json`` beside them; the numbers a notebook records with
-:func:`hesslib.results.record` (through ``$HESSLIB_RESULTS_LOG``) go to ``RESULTS.json`` beside them.
+cell; before anything runs, a name no notebook declares, a value out of range (:func:`hesslib.check_parameters`)
+or an unwritable folder stops the run with one line (exit 2). Figures wait in ``BUILD/.staging/`` until their
+notebook succeeds; the build, figure and rendered folders are locked for the run (a second run on them refuses),
+and leftovers of a killed run are removed at the next start. Figures are recorded through
+``$HESSLIB_FIGURE_LOG`` and listed with their notebook, parameters, the git commit, the machine and sha256
+in ``MANIFEST.json`` beside them; the numbers a notebook records with :func:`hesslib.results.record` (through
+``$HESSLIB_RESULTS_LOG``) go to ``RESULTS.json`` beside them.
 
 A default run (no parameters) also writes every executed notebook, without its volatile metadata, to
 ``notebooks/rendered/`` (so the repository host shows the paper with its outputs) and a paper page,

@@ -3,6 +3,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -60,6 +61,17 @@ def test_unwritable_folder_gives_cache_write_error(tmp_path, request):
     assert isinstance(info.value.__cause__, OSError)  # the original error is chained, not swallowed
 
 
+def test_failing_folder_above_is_named(tmp_path, monkeypatch):
+    folder = tmp_path / "a" / "b" / "cache"
+
+    def mkdir(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "a"))
+
+    monkeypatch.setattr(type(folder), "mkdir", mkdir)
+    with pytest.raises(CacheWriteError, match=f"cache folder {folder}/ \\(Permission denied: {tmp_path / 'a'}\\);"):
+        save_torch(folder / "x.pt", 1)
+
+
 def test_cache_folder_that_is_a_file(tmp_path):
     (tmp_path / "cache").write_text("not a folder")
     with pytest.raises(CacheWriteError, match=r"cache folder .*cache/ \(it is a file, not a folder\)"):
@@ -68,7 +80,7 @@ def test_cache_folder_that_is_a_file(tmp_path):
 
 def test_mkstemp_failure_gives_cache_write_error(tmp_path, monkeypatch):
     def mkstemp(*args, **kwargs):
-        raise PermissionError(13, "Permission denied", str(tmp_path))
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".x.pt.abcdefgh.tmp"))  # as os.open says
 
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
     with pytest.raises(CacheWriteError, match=f"cache folder {tmp_path}/ \\(Permission denied\\)"):
@@ -142,3 +154,13 @@ def test_remove_stale_temporaries_matches_atomic_write_names(tmp_path):
     assert remove_stale_temporaries(str(tmp_path)) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["losses-0123456789abcdef.pt"]
     assert stat.S_ISREG((tmp_path / "losses-0123456789abcdef.pt").stat().st_mode)
+
+
+def test_remove_stale_temporaries_min_age_keeps_young_temporaries(tmp_path):
+    old, young = tmp_path / ".a.pt.abcdefgh.tmp", tmp_path / ".b.pt.abcdefgh.tmp"
+    for path in (old, young):
+        path.write_bytes(b"x")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    assert remove_stale_temporaries(tmp_path, min_age_s=600) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [young.name]
+    assert remove_stale_temporaries(tmp_path) == 1 and list(tmp_path.iterdir()) == []
