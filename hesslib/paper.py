@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
+import functools
 import hashlib
 import json
 import os
@@ -100,10 +102,16 @@ def _read_log(path: Path) -> list[dict]:
 
 
 def declared_parameters(nb: Path) -> dict:
-    """The parameters ``nb`` declares in its ``parameters`` cell, name → default value."""
+    """The parameters ``nb`` declares in its ``parameters`` cell, name → default value (read once per file version)."""
+    stat = Path(nb).stat()
+    return copy.deepcopy(dict(_declared(str(Path(nb).resolve()), stat.st_mtime_ns, stat.st_size)))
+
+
+@functools.lru_cache(maxsize=64)
+def _declared(path: str, _mtime_ns: int, _size: int) -> tuple[tuple[str, object], ...]:
     import papermill as pm
 
-    return {k: parameter_value(spec["default"]) for k, spec in pm.inspect_notebook(str(nb)).items()}
+    return tuple((k, parameter_value(spec["default"])) for k, spec in pm.inspect_notebook(path).items())
 
 
 def unknown_parameters(given: dict[str, str], declared: dict[str, set[str]]) -> str | None:

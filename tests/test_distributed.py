@@ -29,8 +29,14 @@ def _run(world: int, tmp: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory):
-    return _run(1, tmp_path_factory.mktemp("single"))[0]
+def single():
+    """The single-process reference, computed in this process (no process group)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("distributed_worker", WORKER)
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    return worker.results(distributed=False)
 
 
 @pytest.mark.parametrize("world", [2, 3])

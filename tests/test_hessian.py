@@ -61,6 +61,7 @@ def _top_by_magnitude(evals: torch.Tensor, d: int) -> torch.Tensor:
 @pytest.mark.parametrize("method", ["lanczos", "power"])
 def test_top_eigenpairs_match_eigh(kind, method):
     obj = _tiny(kind)
+    obj.chunk_size = obj.num_samples  # one pass per product: this test is about the solver (chunking: above)
     evals, evecs = torch.linalg.eigh(_dense_hessian(obj))
     d = 4
     result = top_eigenpairs(obj, d, method=method, tol=1e-10, max_hvps=20_000, seed=1)
