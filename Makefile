@@ -51,6 +51,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_landscape.py
 	$(BIN)/python benchmarks/bench_uncertainty.py
 	$(BIN)/python benchmarks/bench_distributed.py
+	$(BIN)/python benchmarks/bench_models.py
+	$(BIN)/python benchmarks/report.py
 
 # Build outputs only; the training / Hessian caches under data/cache survive (use clean-cache).
 clean:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import json
 import math
 import random
 import statistics
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from types import ModuleType
 
 import adapters
@@ -178,6 +180,9 @@ def verdict(ok: bool) -> str:
 # ---- main ------------------------------------------------------------------------------------------------
 
 
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_eigen.json"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -261,8 +266,23 @@ def main(argv: list[str] | None = None) -> None:
         same_h = float((prepared.product(probe).to(obj.dtype) - H_probe).norm() / H_probe.norm())
         rows.append(Row(method, outcome, seconds, setup, rayleigh, residuals, same_h))
     print_table(rows, missing, d)
-    hvp_costs(obj, d, args.repeats, args.seed)
+    hvp = hvp_costs(obj, d, args.repeats, args.seed)
     print_ratios(rows, missing)
+    write_results(rows, hvp)
+
+
+def write_results(rows: list[Row], hvp: dict) -> None:
+    """benchmarks/results/bench_eigen.json: the machine, one row per method, the product's cost."""
+    from hesslib.paper import machine
+
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    data = {"machine": machine(),
+            "rows": [{"method": r.method.label, "key": r.method.key, "tol": r.method.tol, "hvps": int(r.outcome.hvps),
+                      "seconds": float(r.seconds), "worst_residual": float(r.worst),
+                      "converged": bool(r.outcome.converged)} for r in rows],
+            "hvp": hvp}
+    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"\nwritten {RESULTS}")
 
 
 def print_table(rows: list[Row], missing: list[Method], d: int) -> None:
@@ -297,7 +317,7 @@ def print_table(rows: list[Row], missing: list[Method], d: int) -> None:
         print(f"  * {r.method.label}{info}: {NOTES[r.method.key]}")
 
 
-def hvp_costs(obj: hesslib.Objective, d: int, repeats: int, seed: int) -> None:
+def hvp_costs(obj: hesslib.Objective, d: int, repeats: int, seed: int) -> dict:
     """One batched product of d vectors vs d single products vs one gradient."""
     generator = torch.Generator().manual_seed(seed)
     V = torch.randn(obj.num_params, d, generator=generator).to(obj.device, obj.dtype)
@@ -313,6 +333,8 @@ def hvp_costs(obj: hesslib.Objective, d: int, repeats: int, seed: int) -> None:
           f"   (target ≤ 2: {verdict(per_vector <= 2)})")
     print(f"  {f'{d} x obj.hvp(v)':<30} {t_single:9.4f} s   {t_single / d / t_grad:.2f} gradients per vector"
           f"   (batched: {t_single / t_batched:.1f}x faster)")
+    return {"gradient_s": t_grad, "block_s": t_batched, "block_size": d, "gradients_per_vector": per_vector,
+            "single_s": t_single / d}
 
 
 def print_ratios(rows: list[Row], missing: list[Method]) -> None:
