@@ -7,20 +7,25 @@
 (b) ``delta_theory`` for every k from one ``projected_hessians`` pass, against re-running the top-D eigen-solve
     on L_k and L_{k+1} for each k (timed for a few k, extrapolated by the measured per-sample cost).
 
-Every ratio is against a baseline measured in the same run. Run: ``python benchmarks/bench_landscape.py``.
+Every ratio is against a baseline measured in the same run; the numbers go to
+``benchmarks/results/bench_landscape.json``. Run: ``python benchmarks/bench_landscape.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import time
+from pathlib import Path
 
 import torch
 from torch.nn.utils import vector_to_parameters
 
 import hesslib
 from hesslib.estimators import gaussian_thetas
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_landscape.json"
 
 
 def timed(fn, repeat: int = 1) -> float:
@@ -74,6 +79,7 @@ def main() -> None:
           f"{'original s':>12}{'orig/hesslib':>14}")
     _, grid = hesslib.grid_thetas(1.0, args.grid)
     mc = gaussian_thetas(args.d, 1.0, args.samples, seed=0)
+    rows = []
     for B in (64, 1):
         obj = hesslib.Objective(model, data.X, data.y, batch_size=B)
         for name, thetas, PP in (("Monte Carlo", mc, P), (f"{args.grid}x{args.grid} grid", grid, P[:, :2])):
@@ -85,13 +91,15 @@ def main() -> None:
             orig = timed(lambda: original_way(model, obj, PP, probe)) * len(thetas) / len(probe)  # noqa: B023
             print(f"{name:<26}{B:>4}{obj.num_batches:>6}{len(thetas):>6}{ours:>11.2f}{limit:>13.2f}"
                   f"{ours / limit:>8.2f}{orig:>11.1f}*{orig / ours:>14.1f}")
+            rows.append({"workload": name, "batch_size": B, "batches": obj.num_batches, "thetas": len(thetas),
+                         "seconds": ours, "forward_limit_s": limit, "original_s_extrapolated": orig})
     print("  * original way timed on", args.probe, "θ and extrapolated linearly to all θ\n")
 
     print("(b) theory curve Δ_k for every k")
     obj = exp.objective
     N = obj.num_batches
     start = time.perf_counter()
-    hesslib.delta_theory(obj, P, sigma=1.0, kind="second_order")
+    hesslib.delta_theory(obj, P, sigma=1.0, formula="second_order")
     all_k = time.perf_counter() - start
     per_sample = []
     for k in args.probe_k:
@@ -107,6 +115,12 @@ def main() -> None:
     print(f"{'per-k eigen-solves (Lanczos), extrapolated':<44}{per_k_total:>10.1f}{per_k_total / all_k:>8.0f}")
     targets = per_k_total / all_k >= 100
     print(f"\ntarget all-k theory >= 100x faster than per-k eigen-solves: {'met' if targets else 'NOT met'}")
+    from hesslib.paper import machine
+
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"machine": machine(), "rows": rows,
+                                   "theory": {"all_k_s": all_k, "per_k_extrapolated_s": per_k_total}}, indent=2) + "\n")
+    print(f"written {RESULTS}")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,22 @@ def eigen_table(data: dict) -> str:
     return "\n".join([_machine(data), "", *lines])
 
 
-TABLES = {"bench_models": models_table, "bench_eigen": eigen_table}
+def landscape_table(data: dict) -> str:
+    """bench_landscape.json: losses for many θ against the forward-pass limit and the original way; all-k theory."""
+    lines = ["| workload | B | N | θ | hesslib s | forward limit s | / limit | original s (extrapolated) | "
+             "original / hesslib |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in data["rows"]:
+        lines.append(f"| {r['workload']} | {r['batch_size']} | {r['batches']} | {r['thetas']} | {r['seconds']:.2f} | "
+                     f"{r['forward_limit_s']:.2f} | {r['seconds'] / r['forward_limit_s']:.2f} | "
+                     f"{r['original_s_extrapolated']:.1f} | {r['original_s_extrapolated'] / r['seconds']:.1f} |")
+    t = data["theory"]
+    lines += ["", f"Theory curve for every k from prefix sums: {t['all_k_s']:.2f} s, against "
+                  f"{t['per_k_extrapolated_s']:.1f} s for per-k eigen-solves (extrapolated): "
+                  f"{t['per_k_extrapolated_s'] / t['all_k_s']:.0f}×."]
+    return "\n".join([_machine(data), "", *lines])
+
+
+TABLES = {"bench_models": models_table, "bench_eigen": eigen_table, "bench_landscape": landscape_table}
 
 
 def update(text: str, name: str, table: str) -> str:
