@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from .estimators import FORMULAS, delta_monte_carlo, delta_theory, sufficient_sample_size
+from .experiment import DIRECTIONS
 from .parameters import ParameterError, check_choice, check_int, check_parameters, check_positive, model_size
 
 DEFAULTS: dict[str, Any] = {
@@ -39,7 +40,6 @@ DEFAULTS: dict[str, Any] = {
 # the keys that mean what the notebooks' parameters of the same name mean, checked by check_parameters
 CHECKED_AS_PARAMETERS = ("dataset", "model", "hidden", "channels", "activation", "batch_size", "limit", "epochs",
                          "seed", "device", "cache_dir", "sigma", "samples", "tolerances")
-DIRECTIONS = ("hessian", "random", "random_orthonormal")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -99,8 +99,8 @@ def _setup_distributed(device: str) -> tuple[int, int, str]:
 
 def _trained_model(config: dict, rank: int, world: int, device: str) -> tuple[torch.nn.Module, Any]:
     """w*: trained (or loaded from the cache) on rank 0 and broadcast, so every rank holds the same weights."""
-    from .data import load_dataset
     from .models import make_model
+    from .parameters import INPUT_SHAPES
     from .training import train
 
     record = None
@@ -110,9 +110,8 @@ def _trained_model(config: dict, rank: int, world: int, device: str) -> tuple[to
     if rank == 0:
         net, record = train(config["dataset"], root=config["data_root"], device=device, **settings)
     else:
-        data = load_dataset(config["dataset"], root=config["data_root"], limit=2)
-        net = make_model(config["model"], data.input_shape, data.num_classes, hidden=config["hidden"],
-                         channels=config["channels"], activation=config["activation"])
+        net = make_model(config["model"], INPUT_SHAPES[config["dataset"]], hidden=config["hidden"],
+                         channels=config["channels"], activation=config["activation"])  # rank 0's weights follow
     net = net.to(device=device, dtype=DTYPES[config["dtype"]]).eval()
     if world > 1:
         flat = torch.nn.utils.parameters_to_vector(net.parameters()).detach()

@@ -84,15 +84,8 @@ def sha256(path: Path) -> str:
 def _logging_to(env: str, path: Path) -> Iterator[Path]:
     """Point ``$env`` at a fresh ``path`` for the duration (the kernel inherits it), restoring it afterwards."""
     path.unlink(missing_ok=True)
-    before = os.environ.get(env)
-    os.environ[env] = str(path.resolve())
-    try:
+    with _environment(env, str(path.resolve())):
         yield path
-    finally:
-        if before is None:
-            os.environ.pop(env, None)
-        else:
-            os.environ[env] = before
 
 
 def _read_log(path: Path) -> list[dict]:
@@ -166,22 +159,20 @@ def run_notebook(nb: Path, out_dir: Path, params: dict, *, progress: bool = True
             pm.execute_notebook(str(nb), str(tmp), parameters=used, cwd=str(root), kernel_name="python3",
                                 progress_bar=progress, request_save_on_cell_execute=False,
                                 config=Config({"KernelManager": {"transport": "ipc", "ip": str(sockets / "kernel")}}))
+            figures = _read_log(figure_log)
+            for fig in figures:
+                for staged, target in zip(fig.pop("staged", []), fig["files"], strict=True):
+                    _install(Path(staged), Path(target))
         except BaseException:
             failed.parent.mkdir(parents=True, exist_ok=True)
             if tmp.exists():
                 os.replace(tmp, failed)
             _read_log(figure_log), _read_log(results_log)
-            if staging is not None:
-                shutil.rmtree(staging, ignore_errors=True)
             raise
         finally:
             shutil.rmtree(sockets, ignore_errors=True)
-        figures = _read_log(figure_log)
-        for fig in figures:
-            for staged, target in zip(fig.pop("staged", []), fig["files"], strict=True):
-                _install(Path(staged), Path(target))
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
     os.replace(tmp, final)
     results = [{**entry, "notebook": f"notebooks/{nb.name}"} for entry in _read_log(results_log)]
     return final, figures, results
@@ -460,7 +451,6 @@ def paper_lock(folders: list[Path]) -> Iterator[None]:
     a kill): a lock left by a dead run never blocks the next one.
     """
     import fcntl
-    import tempfile
 
     lock_dir = Path(tempfile.gettempdir()) / "hesslib-locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
@@ -587,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
         with (paper_lock([out_dir, *figure_dirs, *([rendered] if rendered else [])]),
               _environment(CONSOLE_PROGRESS_ENV, "1" if console else None)):
             return _run(todo, declared, params, root=root, out_dir=out_dir, rendered=rendered,
-                        figure_dirs=figure_dirs, progress=not args.no_progress)
+                        figure_dirs=figure_dirs, cache_dirs=cache_dirs, progress=not args.no_progress)
     except RuntimeError as exc:
         print(f"hesslib.paper: {exc}", file=sys.stderr)
         return 2
@@ -598,9 +588,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(todo: list[Path], declared: dict[Path, dict], params: dict, *, root: Path, out_dir: Path,
-         rendered: Path | None, figure_dirs: set[Path], progress: bool) -> int:
+         rendered: Path | None, figure_dirs: set[Path], cache_dirs: set[Path], progress: bool) -> int:
     """Run ``todo`` in order under the lock, installing each notebook's outputs as soon as it succeeds."""
-    cache_dirs = {root / (params.get("cache_dir") or declared[nb].get("cache_dir") or "data/cache") for nb in todo}
     removed = remove_leftovers([*figure_dirs, out_dir, out_dir / "notebooks"], [*cache_dirs])
     if removed:
         print(f"removed {removed} leftover(s) of an interrupted run", flush=True)

@@ -34,7 +34,7 @@ from .losses import Loss, check_loss, per_sample_loss
 from .models import make_model
 from .progress import progress_bar
 from .subspace import subspace_losses
-from .training import TRAINING_THREADS, fixed_threads
+from .training import training_threads
 
 
 class OnlineStopping:
@@ -328,7 +328,7 @@ def run_online_stopping(
     generator = torch.Generator().manual_seed(seed)
     monitor = OnlineStopping(D=D, sigma=sigma, tol=tol, patience=patience, formula=formula,
                              monte_carlo_samples=monte_carlo_samples, mc_seed=seed)
-    with fixed_threads(TRAINING_THREADS if data.X.device.type == "cpu" else torch.get_num_threads()):
+    with training_threads(data.X.device):
         bar = progress_bar(range(N), desc="online stopping", unit="batch", enabled=progress)
         for i in bar:
             part = slice(i * batch_size, (i + 1) * batch_size)

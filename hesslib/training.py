@@ -71,10 +71,11 @@ TRAINING_THREADS = 2
 
 
 @contextmanager
-def fixed_threads(n: int) -> Iterator[None]:
-    """Run the body with ``torch.set_num_threads(n)``, restoring the previous count afterwards."""
+def training_threads(device: str | torch.device) -> Iterator[None]:
+    """Train with :data:`TRAINING_THREADS` torch threads when ``device`` is the CPU (elsewhere: unchanged)."""
     before = torch.get_num_threads()
-    torch.set_num_threads(n)
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(TRAINING_THREADS)
     try:
         yield
     finally:
@@ -167,7 +168,7 @@ def train(
     )
 
     def run() -> dict:
-        with fixed_threads(TRAINING_THREADS if torch.device(device).type == "cpu" else torch.get_num_threads()):
+        with training_threads(device):
             net, record = _fit(data, test, config, device=device, progress=progress)
         return {"state_dict": {k: v.cpu() for k, v in net.state_dict().items()}, "record": asdict(record)}
 
