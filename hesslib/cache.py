@@ -192,6 +192,22 @@ def cached(
     if obj is not None and isinstance(obj, dict) and obj.get("config") == config:
         if validate is None or validate(obj["value"]):
             return obj["value"]
+    start = time.perf_counter()
     value = compute()
+    _log_compute(namespace, time.perf_counter() - start, path.name)
     save_torch(path, {"config": config, "value": value})
     return value
+
+
+COMPUTE_LOG_ENV = "HESSLIB_COMPUTE_LOG"
+
+
+def _log_compute(namespace: str, seconds: float, name: str) -> None:
+    """Append ``{"namespace", "seconds", "file"}`` as one JSON line to ``$HESSLIB_COMPUTE_LOG``, when it is set.
+
+    The paper runner sets it to learn, per notebook, which cached computations its time went to.
+    """
+    log = os.environ.get(COMPUTE_LOG_ENV)
+    if log:
+        with open(log, "a") as fh:
+            fh.write(json.dumps({"namespace": namespace, "seconds": round(seconds, 3), "file": name}) + "\n")

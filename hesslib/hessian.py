@@ -336,6 +336,99 @@ class Objective:
         return out[0] if single else out.T
 
 
+AFFINE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class SubspaceLoss:
+    """The per-sample losses ℓ_s(w* + Pθ) as a function of θ ∈ R^D, with the first layer's response precomputed.
+
+    When the model is an ``nn.Sequential`` whose first parametric module is a linear or convolution layer (affine
+    in its weights and bias) after parameter-free ones (e.g. ``Flatten``), that layer's output at w* + Pθ is
+    exactly z*(x) + Σ_d θ_d z_d(x), with z* the layer at w* and z_d the layer with weight and bias taken from
+    column d of P. :meth:`features` computes [z*, z_1, ..., z_D] once per data chunk; every θ then costs D
+    multiply-adds per output of that layer instead of its fan-in (784 for the paper's MLP: 3.8x fewer multiply-adds
+    per θ at D = 10). This is used only when D < fan-in (``precompute=None``), or as ``precompute`` says;
+    otherwise :meth:`features` is the input itself and :meth:`per_sample_losses` runs the whole model at w* + Pθ.
+    Both paths agree to float rounding.
+
+    Args:
+        objective: the loss, its data and w*.
+        P: the subspace basis [M, D], in the objective's dtype on its device (not checked here).
+        precompute: precompute the first layer (True), never (False) or when D < its fan-in (None).
+
+    Raises:
+        ValueError: if ``precompute`` is True but the model has no such first layer.
+    """
+
+    def __init__(self, objective: Objective, P: torch.Tensor, *, precompute: bool | None = None) -> None:
+        self.objective, self.P = objective, P
+        D, model = P.shape[1], objective.model
+        first = _first_affine_layer(model)
+        if precompute and first is None:
+            raise ValueError("precompute=True needs an nn.Sequential whose first parametric module is a linear or "
+                             "convolution layer after parameter-free modules")
+        if first is not None and precompute is None:
+            layer = model[first]
+            fan_in = layer.weight[0].numel()
+            precompute = D < fan_in
+        self.precomputed = bool(precompute)
+        if not self.precomputed:
+            return
+        prefix = f"{first}."
+        head_blocks = [b for b in objective.parameter_blocks if b.name.startswith(prefix)]
+        rows = torch.cat([torch.arange(b.slice.start, b.slice.stop, device=P.device) for b in head_blocks])
+        rest = torch.ones(objective.num_params, dtype=torch.bool, device=P.device)
+        rest[rows] = False
+        self._head, self._tail = model[: first + 1], model[first + 1:]
+        self._head_blocks = head_blocks
+        self._tail_blocks = [b for b in objective.parameter_blocks if not b.name.startswith(prefix)]
+        # the head's parameters at w* and along each column of P, [D + 1, head params], one row per parameter set
+        self._head_weights = torch.cat([objective.params[rows][None], P[rows].T])
+        self._tail_params, self._tail_P = objective.params[rest], P[rest]
+        self.feature_numel = self.features(objective.X[:1])[0, 0].numel()  # first-layer outputs per sample
+
+    @staticmethod
+    def _split(flat: torch.Tensor, blocks: list[ParameterBlock]) -> dict[str, torch.Tensor]:
+        sizes = [b.slice.stop - b.slice.start for b in blocks]
+        return {b.name: part.view(b.shape) for b, part in zip(blocks, flat.split(sizes), strict=True)}
+
+    def features(self, X: torch.Tensor) -> torch.Tensor:
+        """What :meth:`per_sample_losses` needs of inputs X [m, ...]: [D + 1, m, ...] first-layer outputs, or X."""
+        if not self.precomputed:
+            return X
+        buffers = self.objective._buffers
+
+        def head(weights: torch.Tensor) -> torch.Tensor:
+            return functional_call(self._head, ({**self._split(weights, self._head_blocks), **buffers},), (X,))
+
+        with torch.no_grad():
+            return vmap(head)(self._head_weights)
+
+    def per_sample_losses(self, theta: torch.Tensor, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """ℓ_s(w* + Pθ) for the samples whose :meth:`features` are given; θ [D] (vmap over θ for many)."""
+        if not self.precomputed:
+            return self.objective.per_sample_losses(self.objective.params + self.P @ theta, features, y)
+        z = features[0] + torch.tensordot(theta, features[1:], dims=1)
+        weights = self._split(self._tail_params + self._tail_P @ theta, self._tail_blocks)
+        out = functional_call(self._tail, ({**weights, **self.objective._buffers},), (z,))
+        return per_sample_loss(out, y, self.objective.loss)
+
+
+def _first_affine_layer(model: nn.Module) -> int | None:
+    """Index of a Sequential's first parametric module if it is affine and only parameter-free modules precede it."""
+    if not isinstance(model, nn.Sequential):
+        return None
+    for index, module in enumerate(model):
+        names = {name for name, p in module.named_parameters() if p.requires_grad}
+        if not names:
+            if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
+                return None  # frozen parameters or state: not a pure function of the input
+            continue
+        affine = type(module) in AFFINE_LAYERS and names <= {"weight", "bias"}
+        return index if affine and not any(True for _ in module.buffers()) else None
+    return None
+
+
 @dataclass
 class ProjectedCurvature:
     """Per-batch terms at w*, in the subspace spanned by P's D columns (made by :func:`projected_hessians`).
@@ -465,6 +558,7 @@ def projected_higher_derivatives(objective: Objective, P: torch.Tensor, *, sampl
     third = torch.zeros(obj.num_batches, D, dtype=obj.dtype, device=obj.device)
     fourth = torch.zeros(obj.num_batches, dtype=obj.dtype, device=obj.device)
     weights = 1.0 / obj.batch_counts[obj.batch_index]  # ℓ_i = (1/|batch i|) Σ_{s ∈ batch i} ℓ_s
+    restricted = SubspaceLoss(obj, P)  # the first layer's response to P precomputed where that is cheaper
 
     def along(f, direction):
         return lambda theta: jvp(f, (theta,), (direction,))[1]
@@ -476,8 +570,10 @@ def projected_higher_derivatives(objective: Objective, P: torch.Tensor, *, sampl
         part = slice(start, min(start + samples_per_step, local.stop))
         X, y = obj.X[part], obj.y[part]
 
-        def f(theta: torch.Tensor, X: torch.Tensor = X, y: torch.Tensor = y) -> torch.Tensor:
-            return obj.per_sample_losses(obj.params + P @ theta, X, y)
+        features = restricted.features(X)
+
+        def f(theta: torch.Tensor, features: torch.Tensor = features, y: torch.Tensor = y) -> torch.Tensor:
+            return restricted.per_sample_losses(theta, features, y)
 
         def pair_terms(a: torch.Tensor, b: torch.Tensor, f=f):
             f_bba = along(along(along(f, b), b), a)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.func import vmap
 
-from .hessian import Objective
+from .hessian import Objective, SubspaceLoss
 from .operators import check_block
 from .progress import progress_bar
 
@@ -72,8 +72,9 @@ def subspace_losses(
 ) -> torch.Tensor:
     """Per-batch losses ℓ_i(w* + Pθ_t) for every θ_t (the rows of ``thetas``) and every batch i = 1..N.
 
-    For a chunk of θ, the weights w* + Pθ form one [c, M] matrix; the model runs vmapped over them on large
-    slices of the data, and per-sample losses are reduced to batch means with one ``index_add``. ``memory_mb``
+    The model runs vmapped over a chunk of θ on large slices of the data (with the first layer's response to
+    P computed once per slice, :class:`~hesslib.hessian.SubspaceLoss`), and per-sample losses are reduced to
+    batch means with one ``index_add``. ``memory_mb``
     bounds the activations of one pass: large models get whole-data passes one θ at a time (already a big call),
     small models many θ per pass. No model copies, no loop over batches. With a distributed objective the
     matrix is split over batches, not θ: each rank runs every θ on its own share of the data (the share it
@@ -108,26 +109,25 @@ def subspace_losses(
         )
     thetas = thetas.to(objective.device, objective.dtype)
     T, N, n = thetas.shape[0], objective.num_batches, objective.num_samples
+    restricted = SubspaceLoss(objective, P)  # the first layer's response to P precomputed where that is cheaper
     budget = memory_mb * 2**20
-    bytes_per_sample = objective.activation_numel * objective.X.element_size()
+    element = objective.X.element_size()
+    bytes_per_sample = objective.activation_numel * element
     rows = int(min(n, max(objective.chunk_size, budget // bytes_per_sample)))  # samples per forward pass
+    if restricted.precomputed:  # the [D + 1, rows, ...] first-layer features of a part stay within the budget too
+        rows = int(min(rows, max(64, budget // ((P.shape[1] + 1) * restricted.feature_numel * element))))
     local = objective.local_samples  # all n, or this rank's batches: the matrix is split over batches
     parts = [slice(s, min(s + rows, local.stop)) for s in range(local.start, local.stop, rows)]
     per_chunk = int(max(1, min(T, budget // (rows * bytes_per_sample))))  # models per vmapped pass
     sums = torch.zeros(T, N, dtype=objective.dtype, device=objective.device)
-
-    def losses_of(w: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return objective.per_sample_losses(w, X, y)
-
-    batched = vmap(losses_of, in_dims=(0, None, None))
-    bar = progress_bar(total=T, desc="subspace losses", unit="θ", enabled=progress)
-    for start in range(0, T, per_chunk):
-        rows_t = slice(start, min(start + per_chunk, T))
-        W = objective.params + thetas[rows_t] @ P.T  # [c, M]
-        for part in parts:
-            per_sample = batched(W, objective.X[part], objective.y[part])  # [c, n_part]
-            sums[rows_t].index_add_(1, objective.batch_index[part], per_sample)
-        bar.update(rows_t.stop - rows_t.start)
+    batched = vmap(restricted.per_sample_losses, in_dims=(0, None, None))
+    bar = progress_bar(total=T * len(parts), desc="subspace losses", unit="θ·part", enabled=progress)
+    for part in parts:
+        features, y, index = restricted.features(objective.X[part]), objective.y[part], objective.batch_index[part]
+        for start in range(0, T, per_chunk):
+            rows_t = slice(start, min(start + per_chunk, T))
+            sums[rows_t].index_add_(1, index, batched(thetas[rows_t], features, y))  # [c, n_part] per-sample losses
+            bar.update(rows_t.stop - rows_t.start)
     bar.close()
     return objective.all_reduce(sums) / objective.batch_counts
 
