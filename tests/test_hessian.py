@@ -93,6 +93,28 @@ def test_lanczos_needs_far_fewer_products_than_power():
     assert power.num_hvps > 5 * lanczos.num_hvps
 
 
+@pytest.mark.parametrize(("block_size", "max_basis"), [(1, 8), (3, 12), (4, None), (7, 20)])
+def test_lanczos_restarts_and_block_sizes_reach_the_known_spectrum(block_size, max_basis):
+    # small bases force many thick restarts; the residuals the solver returns are its explicit ones
+    rng = np.random.default_rng(1)
+    Q, _ = np.linalg.qr(rng.standard_normal((200, 200)))
+    evals = np.linspace(10.0, 0.1, 200) ** 2 / 10
+    H = torch.from_numpy((Q * evals) @ Q.T)
+    result = top_eigenpairs(DenseOperator(H), 5, tol=1e-8, block_size=block_size, max_basis=max_basis)
+    assert result.converged
+    torch.testing.assert_close(result.eigenvalues, torch.from_numpy(evals[:5]), rtol=1e-12, atol=0)
+    explicit = (H @ result.eigenvectors - result.eigenvectors * result.eigenvalues).norm(dim=0) / result.eigenvalues
+    torch.testing.assert_close(result.residuals, explicit, rtol=1e-6, atol=1e-15)
+    assert explicit.max() < 1e-8
+
+
+def test_lanczos_on_a_tiny_operator_fills_the_whole_space():
+    H = torch.diag(torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0], dtype=F64))
+    result = top_eigenpairs(DenseOperator(H), 4, tol=1e-14, block_size=3)
+    assert result.converged and result.num_hvps <= 6
+    torch.testing.assert_close(result.eigenvalues, torch.tensor([5.0, 4.0, 3.0, 2.0], dtype=F64))
+
+
 def test_max_hvps_reports_not_converged():
     obj = _tiny("mlp")
     result = top_eigenpairs(obj, 3, tol=1e-12, max_hvps=6)
