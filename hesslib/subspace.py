@@ -113,7 +113,9 @@ def subspace_losses(
     budget = memory_mb * 2**20
     element = objective.X.element_size()
     bytes_per_sample = objective.activation_numel * element
-    rows = int(min(n, max(objective.chunk_size, budget // bytes_per_sample)))  # samples per forward pass
+    # samples per forward pass: as many as the budget holds (no floor: the CNN's activations want small parts on a
+    # CPU, 737 samples instead of 2,048 halve its time per θ)
+    rows = int(min(n, max(16, budget // bytes_per_sample)))
     if restricted.precomputed:  # the [D + 1, rows, ...] first-layer features of a part stay within the budget too
         rows = int(min(rows, max(64, budget // ((P.shape[1] + 1) * restricted.feature_numel * element))))
     local = objective.local_samples  # all n, or this rank's batches: the matrix is split over batches
