@@ -44,6 +44,8 @@ def tolerance(entry: dict) -> str | None:
 
 
 def _close(a, b) -> bool:
+    if isinstance(a, list) or isinstance(b, list):  # nested lists (e.g. one list per model) element by element
+        return isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and all(map(_close, a, b))
     if a is None or b is None or isinstance(a, str | bool) or isinstance(b, str | bool):
         return a == b
     if isinstance(a, int) and isinstance(b, int):
@@ -55,10 +57,7 @@ def matches(committed: dict, current: dict) -> bool:
     """Whether ``current``'s value reproduces ``committed``'s within :func:`tolerance` (times always match)."""
     if tolerance(committed) is None:
         return True
-    a, b = committed["value"], current["value"]
-    if isinstance(a, list) or isinstance(b, list):
-        return isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and all(map(_close, a, b))
-    return _close(a, b)
+    return _close(committed["value"], current["value"])
 
 
 def compare(committed: dict[str, dict], current: dict[str, dict]) -> list[dict]:

@@ -56,3 +56,10 @@ def test_missing_results_give_one_line(tmp_path, capsys):
     assert verify.main(["--reference", str(reference), "--results", str(tmp_path / "none.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("hesslib.verify: cannot read") and "make paper" in err and err.count("\n") == 1
+
+
+def test_nested_lists_are_compared_element_by_element():
+    entry = {"value": [[1.0, None], [3, 4]], "unit": ""}
+    assert verify.matches(entry, {"value": [[1.01, None], [3, 5]]})
+    assert not verify.matches(entry, {"value": [[1.2, None], [3, 4]]})
+    assert not verify.matches(entry, {"value": [[1.0], [3, 4]]})
