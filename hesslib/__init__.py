@@ -15,7 +15,7 @@ __version__ = "0.2.0"
 
 from .data import load_dataset  # noqa: E402
 from .diagnostics import activation_switches, quadratic_slices, tail_share  # noqa: E402
-from .eigen import rayleigh_quotients, spectrum_ratios, top_eigenpairs  # noqa: E402
+from .eigen import rayleigh_quotients, running_mean_eigenpairs, spectrum_ratios, top_eigenpairs  # noqa: E402
 from .estimators import (  # noqa: E402
     DeltaCurve,
     compare_to_reference,
@@ -65,7 +65,7 @@ __all__ = [
     "Operator", "DenseOperator", "Objective", "projected_hessians", "projected_higher_derivatives",
     "curvature_spread",
     # its top eigenpairs
-    "top_eigenpairs", "rayleigh_quotients", "spectrum_ratios",
+    "top_eigenpairs", "running_mean_eigenpairs", "rayleigh_quotients", "spectrum_ratios",
     # the subspace w = w* + Pθ
     "random_directions", "gaussian_thetas", "grid_thetas", "subspace_losses",
     # Δ_k: its pieces, Monte Carlo and closed forms

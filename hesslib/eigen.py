@@ -9,13 +9,21 @@ The algorithms only need the :class:`~hesslib.operators.Operator` contract: ``hv
   restarts. Each step makes one batched product of a block of b vectors, extends T = QᵀHQ by its new columns
   and does Rayleigh–Ritz on the whole basis (no extra products); residuals come from the Krylov–Schur
   relation and are checked explicitly before returning. It finds the largest ALGEBRAIC eigenvalues.
+* ``"davidson"``: block Davidson (no preconditioner) for a warm start from a nearby problem's eigenvectors,
+  e.g. H_k from the solve of H_{k−1}. The basis starts as ALL the ``init`` columns (Lanczos puts only its first
+  block of b there) and grows by the explicit residuals H u − θ u of the unconverged Ritz pairs, with thick
+  restarts to the best Ritz vectors. From a good start it needs fewer, larger products than Lanczos; from a
+  random start it is slower. Like Lanczos it finds the largest algebraic eigenvalues reachable from its start.
+* :func:`running_mean_eigenpairs`: the top-d eigenpairs of EVERY running mean H_k = (1/k) Σ_{i≤k} h_i (the
+  paper's H_k), k = 1..K, from one basis shared by all k whose products are summed as k grows, so each k costs
+  one product of the basis with h_k alone plus the few expansions its residuals ask for.
 * ``"power"``: power iteration with deflation H − Σ λ_i u_i u_iᵀ, one vector at a time, as the original paper
   did; kept as the reference baseline. It finds the largest-MAGNITUDE eigenvalues.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -24,7 +32,7 @@ import torch
 from .operators import Operator, check_block, check_operator
 from .progress import progress_bar
 
-EigenMethod = Literal["lanczos", "power"]
+EigenMethod = Literal["lanczos", "davidson", "power"]
 METHODS: tuple[str, ...] = get_args(EigenMethod)
 
 
@@ -38,7 +46,7 @@ class EigenResult:
         residuals: ‖H v_j − λ_j v_j‖ / |λ_j|, [d].
         num_hvps: the number of Hessian-vector products (columns of V in ``hvp(V)``) used.
         converged: whether every residual reached ``tol``.
-        method: ``"lanczos"`` or ``"power"``.
+        method: ``"lanczos"``, ``"davidson"`` or ``"power"``.
     """
 
     eigenvalues: torch.Tensor
@@ -71,16 +79,18 @@ def top_eigenpairs(
         operator: any :class:`~hesslib.operators.Operator` (an :class:`~hesslib.hessian.Objective`, a
             :class:`~hesslib.operators.DenseOperator`, ...) of size M.
         d: the number of eigenpairs, an int in [1, M − 1].
-        method: ``"lanczos"`` (largest algebraic eigenvalues) or ``"power"`` (largest magnitude; the
-            original paper's deflated power iteration, kept as a baseline).
+        method: ``"lanczos"`` (largest algebraic eigenvalues), ``"davidson"`` (the same, for a warm ``init``
+            from a nearby problem) or ``"power"`` (largest magnitude; the original paper's deflated power
+            iteration, kept as a baseline).
         tol: the relative residual to reach, > 0.
         seed: seeds the random start vectors (a CPU generator).
         max_hvps: caps the Hessian-vector products, ≥ 1 (default 1000·d, the original's 1000 iterations per
             vector); ``"power"`` spends up to ``max_hvps // d`` per vector plus d for the final residuals.
-        block_size: Lanczos block size b in [1, M] (default min(d, 4), the fastest on the paper's MLP in
-            ``benchmarks/bench_eigen.py``).
-        max_basis: the Lanczos basis size that triggers a thick restart, ≥ min(d + b, M) (default
-            max(3d, d + 6b)); capped at M.
+        block_size: block size b in [1, M]: Lanczos multiplies b vectors per step (default min(d, 4), the
+            fastest on the paper's MLP in ``benchmarks/bench_eigen.py``), Davidson adds up to b residuals per
+            step (default d).
+        max_basis: the basis size that triggers a thick restart, ≥ min(d + b, M) (default max(3d, d + 6b)
+            for Lanczos, max(3d, d + 2b) for Davidson); capped at M.
         init: [M, j] with j ≥ 1 (e.g. the previous eigenvectors) warm-starts the search; any dtype or device.
         progress: show a progress bar.
 
@@ -114,13 +124,15 @@ def top_eigenpairs(
     generator = torch.Generator(device="cpu").manual_seed(seed)
     if method == "power":
         return _power(operator, d, tol, max_hvps, generator, init, progress)
-    b = min(d, 4) if block_size is None else block_size
+    b = (min(d, 4) if method == "lanczos" else d) if block_size is None else block_size
     if not 1 <= b <= M:
         raise ValueError(f"block_size must be in [1, {M}], got {b}")
-    m_max = min(M, max(3 * d, d + 6 * b) if max_basis is None else max_basis)
+    default_basis = max(3 * d, d + 6 * b) if method == "lanczos" else max(3 * d, d + 2 * b)
+    m_max = min(M, default_basis if max_basis is None else max_basis)
     if m_max < d + b and m_max < M:
         raise ValueError(f"max_basis must be >= d + block_size = {d + b}, got {m_max}")
-    return _block_lanczos(operator, d, b, m_max, tol, max_hvps, generator, init, progress)
+    solver = _block_lanczos if method == "lanczos" else _block_davidson
+    return solver(operator, d, b, m_max, tol, max_hvps, generator, init, progress)
 
 
 def canonical_signs(vectors: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
@@ -234,6 +246,185 @@ def _block_lanczos(op, d, b, m_max, tol, max_hvps, generator, init, progress) ->
             T[:keep, :keep] = torch.diag(theta[:keep])
             S = S @ Y[:, :keep]
             m = keep
+
+
+def _block_davidson(op, d, b, m_max, tol, max_hvps, generator, init, progress) -> EigenResult:
+    """Block Davidson without a preconditioner: Rayleigh–Ritz on span(V), expanded by the residuals.
+
+    V [n, M] holds an orthonormal basis one vector per row and W = V H its products; G = V H Vᵀ = V Wᵀ. Each
+    step takes the Ritz pairs (θ_j, u_j = Vᵀ y_j) of G, their explicit residuals r_j = H u_j − θ_j u_j = Wᵀ y_j −
+    θ_j u_j (no product needed), stops when ‖r_j‖ / |θ_j| < tol for j = 1..d, and otherwise appends the
+    orthonormalised residuals of up to b unconverged pairs (top first) and multiplies them in one batch. When
+    the basis would exceed ``m_max`` it restarts from the best max(d, m_max − b) Ritz vectors and their
+    products. The start is ``init``'s first d columns (random ones fill up to d).
+    """
+    M, dtype, device = op.num_params, op.dtype, op.device
+    start = _random(op, (M, d), generator)
+    if init is not None:
+        j = min(d, init.shape[1])
+        start[:, :j] = init[:, :j].to(device, dtype)
+    new = _orthonormalize(start, None, op, generator).T.contiguous()  # [d, M]
+    capacity = min(M, max(m_max, d) + b)
+    V = torch.empty(capacity, M, dtype=dtype, device=device)
+    W = torch.empty_like(V)
+    G = torch.zeros(capacity, capacity, dtype=torch.float64, device=device)
+    n, hvps = 0, 0
+    bar = progress_bar(total=max_hvps, desc="davidson", unit="hvp", enabled=progress)
+    while True:
+        r = new.shape[0]
+        V[n:n + r], W[n:n + r] = new, op.hvp(new.T).T
+        hvps += r
+        bar.update(r)
+        G[:n + r, n:n + r] = (V[:n + r] @ W[n:n + r].T).double()  # the new columns of G = V H Vᵀ
+        G[n:n + r, :n] = G[:n, n:n + r].T
+        n += r
+        theta, Y = torch.linalg.eigh(0.5 * (G[:n, :n] + G[:n, :n].T))
+        order = torch.argsort(theta, descending=True)
+        theta, Y = theta[order], Y[:, order]
+        Yd = Y[:, :d].to(dtype)
+        U = Yd.T @ V[:n]  # [d, M] Ritz vectors
+        R = Yd.T @ W[:n] - theta[:d, None].to(dtype) * U  # their residuals H u − θ u
+        scale = theta[:d].abs().clamp_min(torch.finfo(torch.float64).tiny)
+        residuals = R.norm(dim=1).double() / scale
+        bar.set_postfix(residual=f"{residuals.max().item():.1e}")
+        unconverged = torch.nonzero(residuals >= tol).flatten()[:b]
+        done = len(unconverged) == 0 or n == M
+        if done or hvps + len(unconverged) > max_hvps:
+            bar.close()
+            return EigenResult(theta[:d].to(dtype), U.T.contiguous(), residuals.to(dtype), hvps, done, "davidson")
+        if n + len(unconverged) > m_max:  # thick restart: keep the best Ritz vectors and their products
+            keep = max(d, min(n - len(unconverged), m_max - b))
+            Yk = Y[:, :keep].to(dtype)
+            V[:keep], W[:keep] = Yk.T @ V[:n], Yk.T @ W[:n]
+            G[:keep, :keep] = torch.diag(theta[:keep])
+            n = keep
+        new = _orthonormalize(R[unconverged].T, V[:n].T, op, generator)[:, : M - n].T.contiguous()
+
+
+def running_mean_eigenpairs(
+    term: Callable[[int], Operator],
+    mean: Callable[[int], Operator],
+    num_terms: int,
+    d: int,
+    *,
+    tol: float = 1e-4,
+    seed: int = 0,
+    init: torch.Tensor | None = None,
+    block_size: int | None = None,
+    max_basis: int | None = None,
+    max_hvps: int | None = None,
+) -> Iterator[EigenResult]:
+    """The top-``d`` eigenpairs of every running mean H_k = (1/k) Σ_{i≤k} h_i, k = 1..``num_terms``, in turn.
+
+    One orthonormal basis V serves every k, with the SUMS A_k = Σ_{i≤k} h_i V of its products: going from k − 1
+    to k costs one product of the basis with h_k alone (A_k = A_{k−1} + h_k V), after which Rayleigh–Ritz on
+    Vᵀ A_k / k gives Ritz pairs (θ, u) of H_k and their explicit residuals r = A_k y / k − θ u with no further
+    product. While some of the top d have ‖r‖ / |θ| ≥ ``tol``, the residuals of up to b of them (top first) are
+    orthonormalised against V and appended, their sums from one product with H_k (``mean(k)``, one pass over k
+    terms). A thick restart keeps the best max(d, m_max − b) Ritz vectors, whose sums are the same combinations
+    of A_k, so no product is repeated. With the paper's H_k (h_i the Hessian of batch i) a product of V with one
+    batch replaces a fresh eigen-solve over k batches.
+
+    Args:
+        term: i ↦ an :class:`~hesslib.operators.Operator` for h_i, i = 1..num_terms (e.g. one batch's Hessian).
+        mean: k ↦ an Operator for H_k itself (e.g. :meth:`Objective.prefix <hesslib.hessian.Objective.prefix>`);
+            it must equal (1/k) Σ_{i≤k} term(i), which is not checked.
+        num_terms: K ≥ 1.
+        d: the eigenpairs per k, an int in [1, M − 1].
+        tol: the relative residual every k reaches, > 0.
+        seed: seeds the random vectors (start columns beyond ``init``, replacements of dependent residuals).
+        init: [M, j], j ≥ 1: start vectors for k = 1 (e.g. the eigenvectors of H_K); random ones fill up to d.
+        block_size: b, the most residuals added per step, in [1, M] (default d).
+        max_basis: m_max, the basis size that triggers a restart, ≥ d + b (default 3d); capped at M.
+        max_hvps: the most vectors multiplied by ``mean(k)`` per k, ≥ 1 (default 1000·d; the d start vectors at
+            k = 1 are multiplied whatever the cap); a k that runs out is returned with ``converged`` False and the
+            next k goes on.
+
+    Yields:
+        For k = 1..K an :class:`EigenResult` of H_k (method ``"running_mean"``) whose ``num_hvps`` counts the
+        vector products at that k in units of one term: a vector times h_k counts 1, times H_k counts k (divide
+        the total by K for full-data products).
+
+    Raises:
+        TypeError: if ``term(1)`` lacks a member of the Operator protocol.
+        ValueError: if ``num_terms`` < 1, ``d`` is not an int in [1, M − 1], ``tol`` ≤ 0, ``max_hvps`` < 1,
+            ``init`` is not [M, j ≥ 1], ``block_size`` is outside [1, M] or ``max_basis`` < d + b (all before any
+            product).
+
+    Example:
+        >>> from hesslib import DenseOperator
+        >>> terms = [torch.diag(torch.tensor([3.0, 1.0, 0.0, 0.0], dtype=torch.float64)),
+        ...          torch.diag(torch.tensor([1.0, 5.0, 0.0, 0.0], dtype=torch.float64))]
+        >>> mean = lambda k: DenseOperator(sum(terms[:k]) / k)  # H_1 = diag(3, 1, 0, 0), H_2 = diag(2, 3, 0, 0)
+        >>> solves = running_mean_eigenpairs(lambda i: DenseOperator(terms[i - 1]), mean, 2, 2, tol=1e-10)
+        >>> [[round(value, 6) for value in r.eigenvalues.tolist()] for r in solves]
+        [[3.0, 1.0], [3.0, 2.0]]
+    """
+    if not isinstance(num_terms, int) or num_terms < 1:
+        raise ValueError(f"num_terms must be an integer >= 1, got {num_terms!r}")
+    first = check_operator(term(1))
+    M, dtype, device = first.num_params, first.dtype, first.device
+    if not isinstance(d, int) or not 1 <= d < M:
+        raise ValueError(f"d must be an integer in [1, {M - 1}] (M - 1 = num_params - 1), got {d!r}")
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol!r}")
+    max_hvps = 1000 * d if max_hvps is None else max_hvps
+    if max_hvps < 1:
+        raise ValueError(f"max_hvps must be >= 1, got {max_hvps}")
+    if init is not None and (init.dim() != 2 or init.shape[0] != M or init.shape[1] < 1):
+        raise ValueError(f"init must have shape [{M}, j] with j >= 1, got {list(init.shape)}")
+    b = d if block_size is None else block_size
+    if not 1 <= b <= M:
+        raise ValueError(f"block_size must be in [1, {M}], got {b}")
+    m_max = min(M, 3 * d if max_basis is None else max_basis)
+    if m_max < d + b and m_max < M:
+        raise ValueError(f"max_basis must be >= d + block_size = {d + b}, got {m_max}")
+    return _running_mean(term, mean, num_terms, d, b, m_max, tol, max_hvps, seed, init, first, M, dtype, device)
+
+
+def _running_mean(term, mean, K, d, b, m_max, tol, max_hvps, seed, init, first, M, dtype, device):
+    """The iteration of :func:`running_mean_eigenpairs` (a generator, so that its arguments are checked eagerly)."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    capacity = min(M, max(m_max, d) + b)
+    V = torch.empty(capacity, M, dtype=dtype, device=device)  # row i: basis vector v_i
+    A = torch.empty_like(V)  # row i: Σ_{j≤k} h_j v_i
+    start = _random(first, (M, d), generator)
+    if init is not None:
+        j = min(d, init.shape[1])
+        start[:, :j] = init[:, :j].to(device, dtype)
+    new = _orthonormalize(start, None, first, generator).T.contiguous()
+    n = 0
+    for k in range(1, K + 1):
+        units = n
+        if n:
+            A[:n] += term(k).hvp(V[:n].T).T
+        operator, spent = mean(k), 0
+        while True:
+            if new is not None:
+                r = new.shape[0]
+                V[n:n + r], A[n:n + r] = new, operator.hvp(new.T).T * k
+                n, spent, units, new = n + r, spent + r, units + k * r, None
+            G = (V[:n] @ A[:n].T).double() / k
+            theta, Y = torch.linalg.eigh(0.5 * (G + G.T))
+            order = torch.argsort(theta, descending=True)
+            theta, Y = theta[order], Y[:, order]
+            Yd = Y[:, :d].to(dtype)
+            U = Yd.T @ V[:n]  # [d, M] Ritz vectors of H_k
+            R = (Yd.T @ A[:n]) / k - theta[:d, None].to(dtype) * U  # their residuals H_k u − θ u
+            scale = theta[:d].abs().clamp_min(torch.finfo(torch.float64).tiny)
+            residuals = R.norm(dim=1).double() / scale
+            unconverged = torch.nonzero(residuals >= tol).flatten()[:b]
+            done = len(unconverged) == 0 or n == M
+            if done or spent + len(unconverged) > max_hvps:
+                yield EigenResult(theta[:d].to(dtype), U.T.contiguous(), residuals.to(dtype), units, done,
+                                  "running_mean")
+                break
+            if n + len(unconverged) > m_max:  # thick restart: the best Ritz vectors and their sums
+                keep = max(d, min(n - len(unconverged), m_max - b))
+                Yk = Y[:, :keep].to(dtype)
+                V[:keep], A[:keep] = Yk.T @ V[:n], Yk.T @ A[:n]
+                n = keep
+            new = _orthonormalize(R[unconverged].T, V[:n].T, operator, generator)[:, : M - n].T.contiguous()
 
 
 def _power(op, d, tol, max_hvps, generator, init, progress) -> EigenResult:

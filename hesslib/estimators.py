@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
@@ -517,13 +518,14 @@ def delta_fourth_order(curvature: ProjectedCurvature, higher: HigherDerivatives,
 
 
 def paper_eigenvalues(objective: Objective, D: int, *, tol: float = 1e-4, init: torch.Tensor | None = None,
-                      progress: bool = False) -> tuple[np.ndarray, int]:
+                      progress: bool = False) -> tuple[np.ndarray, float]:
     """λ^(d)_k, the top-D eigenvalues of H_k = ∇²L_k(w*) for every k = 1..N, as the paper's Theorem 1 uses them.
 
-    H_k is the Hessian of the objective restricted to its first k batches (:meth:`Objective.prefix
-    <hesslib.hessian.Objective.prefix>`); its top-D eigenpairs come from :func:`~hesslib.eigen.top_eigenpairs`
-    (block Lanczos to relative residual ``tol``), each solve warm-started from the eigenvectors of H_{k−1}
-    (and from ``init`` for k = 1). The original code recomputed them per k with power iteration.
+    H_k = (1/k) Σ_{i≤k} h_i is the Hessian of the objective restricted to its first k batches (:meth:`Objective.prefix
+    <hesslib.hessian.Objective.prefix>`), h_i that of batch i alone (:meth:`Objective.batch
+    <hesslib.hessian.Objective.batch>`). All N solves share one basis whose products are summed batch by batch
+    (:func:`~hesslib.eigen.running_mean_eigenpairs`), each to relative residual ``tol``, starting from ``init``
+    for k = 1. The original code recomputed them per k with power iteration.
 
     Args:
         objective: the loss over all N ≥ 2 batches, at w*.
@@ -533,24 +535,34 @@ def paper_eigenvalues(objective: Objective, D: int, *, tol: float = 1e-4, init: 
         progress: show a progress bar over k.
 
     Returns:
-        (eigenvalues, hvps): a float64 array [N, D] whose row k − 1 holds λ^(1)_k ≥ … ≥ λ^(D)_k, and the
-        Hessian-vector products used (a product with H_k costs k/N of a full-data product).
+        (eigenvalues, hvps): a float64 array [N, D] whose row k − 1 holds λ^(1)_k ≥ … ≥ λ^(D)_k, and the cost of
+        the N solves in full-data Hessian-vector products (a product with one batch counts 1/N, with H_k k/N).
 
     Raises:
-        ValueError: if the objective has fewer than 2 batches, or as :func:`~hesslib.eigen.top_eigenpairs`.
+        ValueError: if the objective has fewer than 2 batches, or as :func:`~hesslib.eigen.running_mean_eigenpairs`.
+
+    Warns:
+        RuntimeWarning: for each H_k that does not reach ``tol`` within the solver's budget (its best estimates
+            are used).
     """
-    from .eigen import top_eigenpairs
+    from .eigen import running_mean_eigenpairs
 
     N = objective.num_batches
     if N < 2:
         raise ValueError(f"need at least 2 batches to form Δ_k, got num_batches={N}")
-    eigenvalues = np.zeros((N, D))
-    hvps, vectors = 0, init
-    for k in progress_bar(range(1, N + 1), desc="top eigenvalues of every H_k", unit="k", enabled=progress):
-        result = top_eigenpairs(objective if k == N else objective.prefix(k), D, tol=tol, init=vectors)
+    solves = running_mean_eigenpairs(objective.batch, objective.prefix, N, D, tol=tol, init=init)
+    eigenvalues, units = np.zeros((N, D)), 0
+    bar = progress_bar(total=N, desc="top eigenvalues of every H_k", unit="k", enabled=progress)
+    for k, result in enumerate(solves, start=1):
+        if not result.converged:
+            warnings.warn(f"the top-{D} eigenpairs of H_{k} did not reach tol={tol:g} (worst relative residual "
+                          f"{result.residuals.max().item():.2e}); its best estimates are used", RuntimeWarning,
+                          stacklevel=2)
         eigenvalues[k - 1] = result.eigenvalues.double().cpu().numpy()
-        vectors, hvps = result.eigenvectors, hvps + result.num_hvps
-    return eigenvalues, hvps
+        units += result.num_hvps
+        bar.update(1)
+    bar.close()
+    return eigenvalues, units / N
 
 
 def delta_from_eigenvalues(eigenvalues: np.ndarray, sigma: float) -> DeltaCurve:
@@ -598,7 +610,7 @@ def delta_theory(
 
     ``"second_order"`` and ``"paper_subspace"`` come from ONE pass of :func:`projected_hessians` over the data
     (:func:`delta_from_curvature`); ``"paper"`` needs the top-D eigenvalues of every H_k (D = P's columns), N
-    warm-started eigen-solves (:func:`paper_eigenvalues`, started from P), then :func:`delta_from_eigenvalues`.
+    eigen-solves sharing one basis (:func:`paper_eigenvalues`, started from P), then :func:`delta_from_eigenvalues`.
 
     Args:
         objective: the loss, its N ≥ 2 batches and w*.

@@ -381,8 +381,8 @@ class Experiment:
             tol: the relative residual of every solve, > 0.
 
         Returns:
-            A dict with ``eigenvalues`` (float64 [N, D]), ``hvps`` (the products used) and ``seconds`` (the wall
-            time of the N solves when they were computed).
+            A dict with ``eigenvalues`` (float64 [N, D]), ``hvps`` (the cost of the N solves in full-data
+            Hessian-vector products) and ``seconds`` (their wall time when they were computed).
         """
         def compute() -> dict:
             start = time.perf_counter()
@@ -390,7 +390,7 @@ class Experiment:
                                                   progress=self.progress)
             return dict(eigenvalues=eigenvalues, hvps=hvps, seconds=time.perf_counter() - start)
 
-        return self._cached("paper-eigenvalues", dict(D=D, tol=tol), compute)
+        return self._cached("paper-eigenvalues", dict(D=D, tol=tol, solver="running_mean"), compute)
 
     def theory(self, directions: Directions, D: int, *, sigma: float, formula: Formula = "second_order",
                direction_seed: int = 0) -> DeltaCurve:

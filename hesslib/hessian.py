@@ -263,6 +263,30 @@ class Objective:
         part.params = self.params  # w* as this objective holds it
         return part
 
+    def batch(self, i: int) -> Objective:
+        """ℓ_i alone: the objective of batch i's samples (1-based), whose Hessian is h_i = ∇²ℓ_i(w*).
+
+        It is never split over processes (one batch is cheap; every rank computes the same), so with
+        :meth:`prefix`, H_k = (1/k) Σ_{i≤k} h_i can be accumulated batch by batch
+        (:func:`~hesslib.eigen.running_mean_eigenpairs`).
+
+        Args:
+            i: the batch, an int in [1, N].
+
+        Returns:
+            An :class:`Objective` with one batch (same w*, loss, dtype, device, chunk size).
+
+        Raises:
+            ValueError: if ``i`` is not in [1, N].
+        """
+        if not isinstance(i, int) or not 1 <= i <= self.num_batches:
+            raise ValueError(f"i must be an integer in [1, {self.num_batches}] (N = num_batches), got {i!r}")
+        part = slice((i - 1) * self.batch_size, min(i * self.batch_size, self.num_samples))
+        single = Objective(self.model, self.X[part], self.y[part], batch_size=part.stop - part.start, loss=self.loss,
+                           dtype=self.dtype, device=self.device, chunk_size=self.chunk_size)
+        single.params = self.params
+        return single
+
     # ---- losses ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def batch_losses(self, w: torch.Tensor | None = None) -> torch.Tensor:
