@@ -198,7 +198,7 @@ class Experiment:
         Args:
             d: the number of eigenpairs, an int in [1, M − 1].
             tol: the relative residual to reach, > 0.
-            method: ``"lanczos"`` or ``"power"``.
+            method: ``"lanczos"``, ``"davidson"`` or ``"power"``.
             solver_seed: seeds the solver's random start.
 
         Returns:
