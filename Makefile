@@ -11,6 +11,8 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 # or a YAML file: PARAMS_FILE=my-params.yaml
 PARAMS ?=
 PARAMS_FILE ?=
+# Notebooks run at once, each in its own process (outputs installed in story order), e.g. JOBS=2
+JOBS ?= 1
 
 .PHONY: all paper test verify lint lab bench clean clean-cache env
 
@@ -27,7 +29,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	@touch $@
 
 paper: $(STAMP)
-	$(BIN)/python -m hesslib.paper --build $(BUILD) $(if $(PARAMS_FILE),--params-file $(PARAMS_FILE)) $(PARAMS)
+	$(BIN)/python -m hesslib.paper --build $(BUILD) --jobs $(JOBS) $(if $(PARAMS_FILE),--params-file $(PARAMS_FILE)) $(PARAMS)
 
 # Compare the last run's figures/RESULTS.json with the committed one (tolerances in hesslib/verify.py);
 # VERIFY=--rerun reruns the paper into build/verify first, VERIFY="--rerun --cold" with an empty cache.

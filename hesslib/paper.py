@@ -12,6 +12,10 @@ and leftovers of a killed run are removed at the next start. Figures are recorde
 in ``MANIFEST.json`` beside them; the numbers a notebook records with :func:`hesslib.results.record` (through
 ``$HESSLIB_RESULTS_LOG``) go to ``RESULTS.json`` beside them.
 
+``--jobs N`` runs up to N notebooks at once, each in a worker process with its own kernel environment; their
+outputs are still installed one notebook at a time in story order, so the files are the same bytes as a run one
+at a time, and a failure leaves the notebooks before it in place and nothing of those after it.
+
 A default run (no parameters) also writes every executed notebook, without its volatile metadata, to
 ``notebooks/rendered/`` (so the repository host shows the paper with its outputs) and a paper page,
 ``BUILD/html/index.html``. A run WITH parameters writes its figures to ``BUILD/figures/`` unless it is given
@@ -128,11 +132,12 @@ def unknown_parameters(given: dict[str, str], declared: dict[str, set[str]]) -> 
 
 
 def run_notebook(nb: Path, out_dir: Path, params: dict, *, progress: bool = True,
-                 staging: Path | None = None) -> tuple[Path, list[dict], list[dict]]:
+                 staging: Path | None = None, install: bool = True) -> tuple[Path, list[dict], list[dict]]:
     """Execute one notebook with the parameters of ``params`` that it declares.
 
     With ``staging``, the figures the notebook saves are written there (``$HESSLIB_FIGURE_STAGING``) and moved into
-    place only after it succeeds. The kernel talks over IPC sockets (no unencrypted-TCP warning).
+    place only after it succeeds; with ``install=False`` they stay staged (each figure keeps its ``"staged"``
+    paths) for the caller's :func:`install_figures`. The kernel talks over IPC sockets (no unencrypted-TCP warning).
 
     Returns:
         (executed path, figures it saved, numbers it recorded).
@@ -155,14 +160,15 @@ def run_notebook(nb: Path, out_dir: Path, params: dict, *, progress: bool = True
           _logging_to(RESULTS_LOG_ENV, out_dir / f".{nb.stem}.results.jsonl") as results_log,
           _environment(FIGURE_STAGING_ENV, None if staging is None else str(staging))):
         sockets = Path(tempfile.mkdtemp(prefix="hesslib-kernel-"))  # IPC socket files: never in the project
+        succeeded = False
         try:
             pm.execute_notebook(str(nb), str(tmp), parameters=used, cwd=str(root), kernel_name="python3",
                                 progress_bar=progress, request_save_on_cell_execute=False,
                                 config=Config({"KernelManager": {"transport": "ipc", "ip": str(sockets / "kernel")}}))
             figures = _read_log(figure_log)
-            for fig in figures:
-                for staged, target in zip(fig.pop("staged", []), fig["files"], strict=True):
-                    _install(Path(staged), Path(target))
+            if install:
+                install_figures(figures)
+            succeeded = True
         except BaseException:
             failed.parent.mkdir(parents=True, exist_ok=True)
             if tmp.exists():
@@ -171,11 +177,45 @@ def run_notebook(nb: Path, out_dir: Path, params: dict, *, progress: bool = True
             raise
         finally:
             shutil.rmtree(sockets, ignore_errors=True)
-            if staging is not None:
+            if staging is not None and (install or not succeeded):
                 shutil.rmtree(staging, ignore_errors=True)
     os.replace(tmp, final)
     results = [{**entry, "notebook": f"notebooks/{nb.name}"} for entry in _read_log(results_log)]
     return final, figures, results
+
+
+def install_figures(figures: list[dict]) -> None:
+    """Move each figure's staged files (its ``"staged"`` paths, removed from the entry) to their final ``"files"``."""
+    for fig in figures:
+        for staged, target in zip(fig.pop("staged", []), fig["files"], strict=True):
+            _install(Path(staged), Path(target))
+
+
+def _worker_console(log: Path) -> None:
+    """Send a ``--jobs`` worker's stderr, and so its kernels', to ``log`` instead of the console.
+
+    Under load a kernel interrupted at its shutdown (as jupyter_client does) logs "KeyboardInterrupt caught in
+    kernel"; failures still reach the console as the runner's one-line report.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _run_in_worker(nb: Path, out_dir: Path, params: dict) -> tuple[Path, list[dict], list[dict], float] | str:
+    """:func:`run_notebook` in a worker process of ``--jobs N``: figures left staged in ``BUILD/.staging/<stem>``.
+
+    Returns (executed, figures, results, seconds), or the one-line failure (exceptions are not sent back: a
+    papermill error does not survive pickling).
+    """
+    start = time.perf_counter()
+    try:
+        executed, figures, results = run_notebook(nb, out_dir, params, progress=False,
+                                                  staging=out_dir / ".staging" / nb.stem, install=False)
+    except Exception as exc:
+        return _failure(nb, exc, out_dir)
+    return executed, figures, results, time.perf_counter() - start
 
 
 @contextmanager
@@ -534,7 +574,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rendered", help="folder for the rendered notebooks (default: notebooks/rendered for a "
                                            "run without parameters, none otherwise)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="run up to N notebooks at once, each in its own worker process, and install their "
+                             "outputs in story order (default 1; 2 halves a run that reads everything from the cache)")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        print(f"hesslib.paper: --jobs must be an integer >= 1, got {args.jobs}", file=sys.stderr)
+        return 2
     root = project_root()
     try:
         params = parse_params(args.param, args.params_file)
@@ -572,12 +618,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hesslib.paper: cannot write to {folder} ({problem}); make it writable or choose another folder "
                   f"with {option}", file=sys.stderr)
             return 2
-    console = not args.no_progress and sys.stderr.isatty()  # the notebooks' own bars on this terminal
+    # the notebooks' own bars on this terminal (not from notebooks running side by side)
+    console = not args.no_progress and sys.stderr.isatty() and args.jobs == 1
     try:
         with (paper_lock([out_dir, *figure_dirs, *([rendered] if rendered else [])]),
               _environment(CONSOLE_PROGRESS_ENV, "1" if console else None)):
             return _run(todo, declared, params, root=root, out_dir=out_dir, rendered=rendered,
-                        figure_dirs=figure_dirs, cache_dirs=cache_dirs, progress=not args.no_progress)
+                        figure_dirs=figure_dirs, cache_dirs=cache_dirs, progress=not args.no_progress,
+                        jobs=min(args.jobs, len(todo)))
     except RuntimeError as exc:
         print(f"hesslib.paper: {exc}", file=sys.stderr)
         return 2
@@ -588,23 +636,69 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(todo: list[Path], declared: dict[Path, dict], params: dict, *, root: Path, out_dir: Path,
-         rendered: Path | None, figure_dirs: set[Path], cache_dirs: set[Path], progress: bool) -> int:
-    """Run ``todo`` in order under the lock, installing each notebook's outputs as soon as it succeeds."""
+         rendered: Path | None, figure_dirs: set[Path], cache_dirs: set[Path], progress: bool, jobs: int = 1) -> int:
+    """Run ``todo`` under the lock, installing each notebook's outputs in story order as soon as it succeeds.
+
+    With ``jobs`` > 1 the notebooks run in that many worker processes (each kernel with its own environment); the
+    outputs of a notebook are installed only once every earlier one has succeeded, so a failure leaves what a
+    one-at-a-time run leaves: the notebooks before it in place, nothing of those after it.
+    """
     removed = remove_leftovers([*figure_dirs, out_dir, out_dir / "notebooks"], [*cache_dirs])
     if removed:
         print(f"removed {removed} leftover(s) of an interrupted run", flush=True)
     commit = git_commit(root)
     start = time.perf_counter()
+    with ExitStack() as stack:
+        futures = None
+        if jobs > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            log = out_dir / "kernels.log"
+            log.unlink(missing_ok=True)
+            pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_worker_console, initargs=(log,))
+            stack.callback(pool.shutdown, wait=True, cancel_futures=True)
+            futures = [pool.submit(_run_in_worker, nb, out_dir, params) for nb in todo]
+            print(f"running {len(todo)} notebooks, {jobs} at a time (their kernels' messages in {log})", flush=True)
+        figures_dir = _install_in_order(todo, futures, declared, params, root=root, out_dir=out_dir,
+                                        rendered=rendered, commit=commit, progress=progress)
+    if figures_dir is None:
+        return 1
+    results_file = figures_dir / "RESULTS.json"
+    all_results = json.loads(results_file.read_text())["results"] if results_file.exists() else {}
+    index = write_index(out_dir, figures_dir, all_results)
+    print(f"paper built in {time.perf_counter() - start:.1f} s: notebooks and HTML in {out_dir}, "
+          f"paper page {index}" + (f", rendered notebooks in {rendered}" if rendered else ""))
+    return 0
+
+
+def _install_in_order(todo: list[Path], futures: list | None, declared: dict[Path, dict], params: dict, *,
+                      root: Path, out_dir: Path, rendered: Path | None, commit: str, progress: bool) -> Path | None:
+    """Run (``futures`` None) or collect each notebook in turn and install its outputs.
+
+    Returns the figures folder of the last one, or None after a failure (reported in one line).
+    """
     figures_dir = root / "figures"
     for i, nb in enumerate(todo, 1):
         print(f"[{i}/{len(todo)}] {nb.name}", flush=True)
         t0 = time.perf_counter()
-        try:
-            executed, figures, results = run_notebook(nb, out_dir, params, progress=progress,
-                                                      staging=out_dir / ".staging")
-        except Exception as exc:  # papermill raises PapermillExecutionError with the cell's error
-            print(f"\n{_failure(nb, exc, out_dir)}", file=sys.stderr)
-            return 1
+        if futures is None:
+            try:
+                executed, figures, results = run_notebook(nb, out_dir, params, progress=progress,
+                                                          staging=out_dir / ".staging")
+            except Exception as exc:  # papermill raises PapermillExecutionError with the cell's error
+                print(f"\n{_failure(nb, exc, out_dir)}", file=sys.stderr)
+                return None
+        else:
+            outcome = futures[i - 1].result()
+            if isinstance(outcome, str):
+                print(f"\n{outcome}", file=sys.stderr)
+                _discard_later(todo[i:], futures[i:], out_dir)
+                return None
+            executed, figures, results, ran = outcome
+            install_figures(figures)
+            shutil.rmtree(out_dir / ".staging" / nb.stem, ignore_errors=True)
         used = declared[nb] | {k: v for k, v in params.items() if k in declared[nb]}
         render_html(executed, out_dir)
         if rendered is not None:
@@ -620,14 +714,23 @@ def _run(todo: list[Path], declared: dict[Path, dict], params: dict, *, root: Pa
         figures_dir = (root / used.get("output_dir", "figures")).resolve()
         if results:
             write_results(figures_dir / "RESULTS.json", results)
-        print(f"    done in {time.perf_counter() - t0:.1f} s, {len(figures)} figure(s), {len(results)} number(s)",
-              flush=True)
-    results_file = figures_dir / "RESULTS.json"
-    all_results = json.loads(results_file.read_text())["results"] if results_file.exists() else {}
-    index = write_index(out_dir, figures_dir, all_results)
-    print(f"paper built in {time.perf_counter() - start:.1f} s: notebooks and HTML in {out_dir}, "
-          f"paper page {index}" + (f", rendered notebooks in {rendered}" if rendered else ""))
-    return 0
+        took = f"{time.perf_counter() - t0:.1f} s" if futures is None else f"{ran:.1f} s in a worker"
+        print(f"    done in {took}, {len(figures)} figure(s), {len(results)} number(s)", flush=True)
+    return figures_dir
+
+
+def _discard_later(todo: list[Path], futures: list, out_dir: Path) -> None:
+    """After a failure with ``--jobs``: undo what the notebooks after the failed one produced.
+
+    The ones not started are cancelled, the running ones waited for; their executed notebooks and staged figures
+    are removed, as if they had not run.
+    """
+    for future in futures:
+        future.cancel()
+    for nb, future in zip(todo, futures, strict=True):
+        if not future.cancelled() and not isinstance(future.result(), str):
+            (out_dir / "notebooks" / nb.name).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / ".staging", ignore_errors=True)
 
 
 if __name__ == "__main__":

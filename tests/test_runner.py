@@ -116,6 +116,42 @@ def test_a_successful_run_installs_figures_with_the_machine_in_the_manifest(proj
     assert (project / "notebooks" / "rendered" / "00_tiny.ipynb").exists()
 
 
+def _write_notebook(root: Path, name: str, cells: list[tuple[str, list[str]]]) -> None:
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    for source, tags in cells:
+        nb.cells.append(nbformat.v4.new_code_cell(source, metadata={"tags": tags}))
+    nbformat.write(nb, root / "notebooks" / name)
+
+
+def test_jobs_install_in_story_order_and_a_failure_leaves_nothing_of_the_notebooks_after_it(project, capsys):
+    # 00 is slower than 01, which fails; 02 runs in the freed worker: only 00 is installed, nothing of 02 survives
+    (project / "notebooks" / "00_tiny.ipynb").unlink()
+    slow = [(TINY_NOTEBOOK[0][0].replace("pause = 0.0", "pause = 1.0"), ["parameters"]), TINY_NOTEBOOK[1]]
+    _write_notebook(project, "00_slow.ipynb", slow)
+    _write_notebook(project, "01_fails.ipynb", [*TINY_NOTEBOOK[:2], ("raise RuntimeError('broken')", [])])
+    quick = [TINY_NOTEBOOK[0], (TINY_NOTEBOOK[1][0].replace("'00_line'", "'02_line'"), [])]
+    _write_notebook(project, "02_quick.ipynb", quick)
+    build, figures = project / "build", project / "figures"
+    assert paper.main(["--build", str(build), "--no-progress", "--jobs", "2"]) == 1
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines()[-1].startswith("01_fails.ipynb failed in cell [3]: RuntimeError: broken")
+    assert "00_slow.ipynb" in out and "02_quick.ipynb" not in out
+    manifest = json.loads((figures / "MANIFEST.json").read_text())
+    assert [f["notebook"] for f in manifest["figures"]] == ["notebooks/00_slow.ipynb"]
+    assert (figures / "00_line.png").exists() and not (figures / "02_line.png").exists()
+    assert sorted(p.name for p in (build / "notebooks").iterdir()) == ["00_slow.ipynb"]
+    assert not (build / ".staging").exists() and (build / "failed" / "01_fails.ipynb").exists()
+    assert sorted(p.name for p in (project / "notebooks" / "rendered").iterdir()) == ["00_slow.ipynb"]
+    # the same notebook run alone, one at a time, writes the same bytes
+    before = {p: p.read_bytes() for p in [figures / "00_line.png", figures / "00_line.pdf",
+                                          project / "notebooks" / "rendered" / "00_slow.ipynb"]}
+    assert paper.main(["--build", str(build), "--no-progress", "--only", "00"]) == 0
+    assert all(path.read_bytes() == data for path, data in before.items())
+    assert paper.main(["--build", str(build), "--jobs", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "hesslib.paper: --jobs must be an integer >= 1, got 0"
+
+
 # ---- the lock: two runs writing the same folders -----------------------------------------------------------------
 def test_lock_refuses_a_second_holder_and_dies_with_its_process(tmp_path):
     folder = tmp_path / "out"
