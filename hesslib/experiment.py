@@ -32,7 +32,13 @@ from .estimators import (
     order_average,
     paper_eigenvalues,
 )
-from .hessian import Objective, ProjectedCurvature, projected_hessians, projected_higher_derivatives
+from .hessian import (
+    Objective,
+    ProjectedCurvature,
+    default_higher_method,
+    projected_hessians,
+    projected_higher_derivatives,
+)
 from .parameters import ParameterError, check_choice, check_int, check_parameters, check_positive
 from .stopping import OnlineResult, run_online_stopping
 from .subspace import grid_thetas, random_directions, subspace_losses
@@ -370,8 +376,8 @@ class Experiment:
                 self.objective, self.basis(directions, D, direction_seed=direction_seed), progress=self.progress)
             return dict(higher=higher, seconds=time.perf_counter() - start)
 
-        return self._cached("higher-derivatives", self._subspace_key(directions, D, direction_seed), compute,
-                            on_device=True)
+        key = dict(self._subspace_key(directions, D, direction_seed), method=default_higher_method(self.objective))
+        return self._cached("higher-derivatives", key, compute, on_device=True)
 
     def paper_eigenvalues(self, D: int, *, tol: float = 1e-4) -> dict:
         """The top-D eigenvalues of every H_k (:func:`~hesslib.estimators.paper_eigenvalues`), cached.

@@ -93,3 +93,71 @@ def test_fourth_order_rejects_mismatched_terms():
         delta_fourth_order(curvature, higher, 0.1)
     with pytest.raises(ValueError, match="sigma must be a finite number > 0"):
         delta_fourth_order(curvature, projected_higher_derivatives(obj, P), 0.0)
+
+
+def _model(kind):
+    if kind == "tanh":
+        return nn.Sequential(nn.Flatten(), nn.Linear(16, 5), nn.Tanh(), nn.Linear(5, 3))
+    if kind in ("gelu", "relu"):
+        act = nn.GELU if kind == "gelu" else nn.ReLU
+        return nn.Sequential(nn.Flatten(), nn.Linear(16, 5), act(), nn.Linear(5, 6), act(), nn.Linear(6, 3))
+    if kind == "cnn":
+        return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.GELU(), nn.MaxPool2d(2), nn.Conv2d(2, 3, 3, padding=1),
+                             nn.Tanh(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3, 3))
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+@pytest.mark.parametrize("kind", ["tanh", "gelu", "relu", "cnn", "linear"])
+@pytest.mark.parametrize("precompute", [None, False])
+def test_taylor_mode_equals_the_dense_derivative_tensors(kind, loss, precompute, monkeypatch):
+    """Taylor mode along the polarisation directions against nested jacfwd of an independent F(θ) (float64)."""
+    from hesslib.hessian import SubspaceLoss
+
+    gen = torch.Generator().manual_seed(1)
+    torch.manual_seed(1)
+    model = _model(kind).to(F64)
+    X, y = torch.randn(20, 1, 4, 4, dtype=F64, generator=gen), torch.randint(0, 3, (20,), generator=gen)
+    obj = Objective(model, X, y, batch_size=8, dtype=F64, loss=loss)  # batches of 8, 8 and 4
+    P = torch.linalg.qr(torch.randn(obj.num_params, 3, dtype=F64, generator=gen))[0]
+    original = SubspaceLoss.__init__
+    monkeypatch.setattr(SubspaceLoss, "__init__", lambda self, o, p, precompute=precompute: original(
+        self, o, p, precompute=precompute))
+    taylor = projected_higher_derivatives(obj, P, method="taylor", samples_per_step=7, pairs_per_step=4)
+    jvp = projected_higher_derivatives(obj, P, method="jvp")
+
+    names = [name for name, _ in obj.model.named_parameters()]
+    shapes = [p.shape for _, p in obj.model.named_parameters()]
+
+    def F_(theta):
+        w, params, start = obj.params + P @ theta, {}, 0
+        for name, shape in zip(names, shapes, strict=True):
+            params[name] = w[start:start + int(np.prod(shape))].view(shape)
+            start += int(np.prod(shape))
+        out = functional_call(obj.model, params, (obj.X,))
+        if loss == "cross_entropy":
+            per_sample = F.cross_entropy(out, obj.y, reduction="none")
+        else:
+            per_sample = ((out - F.one_hot(obj.y, 3).to(F64)) ** 2).mean(-1)
+        return torch.stack([chunk.mean() for chunk in per_sample.split(obj.batch_size)])
+
+    zero = torch.zeros(3, dtype=F64)
+    third = torch.einsum("nabb->na", jacfwd(jacfwd(jacfwd(F_)))(zero))
+    fourth = torch.einsum("naabb->n", jacfwd(jacfwd(jacfwd(jacfwd(F_))))(zero))
+    assert fourth.abs().max() > 1e-3 or kind == "linear" and loss == "mse"  # not trivially zero
+    for result in (taylor, jvp):
+        np.testing.assert_allclose(result.third, third, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(result.fourth, fourth, rtol=1e-9, atol=1e-12)
+
+
+def test_taylor_mode_refuses_a_model_it_does_not_handle():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.GELU(approximate="tanh"), nn.Linear(3, 2)).to(F64)
+    obj = Objective(model, torch.randn(6, 1, 2, 2, dtype=F64), torch.tensor([0, 1] * 3), batch_size=3, dtype=F64)
+    P = torch.linalg.qr(torch.randn(obj.num_params, 2, dtype=F64))[0]
+    with pytest.raises(ValueError, match="method='taylor' needs"):
+        projected_higher_derivatives(obj, P, method="taylor")
+    with pytest.raises(ValueError, match="method must be"):
+        projected_higher_derivatives(obj, P, method="taylor-mode")
+    # the default falls back to nested jvps, which handle any model
+    torch.testing.assert_close(projected_higher_derivatives(obj, P).fourth,
+                               projected_higher_derivatives(obj, P, method="jvp").fourth)
