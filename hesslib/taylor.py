@@ -43,7 +43,7 @@ def supported(modules: Sequence[nn.Module]) -> bool:
             continue
         if kind is nn.Flatten and module.start_dim == 1 and module.end_dim == -1:
             continue
-        if kind is nn.MaxPool2d and not module.return_indices and not module.ceil_mode:
+        if isinstance(module, nn.MaxPool2d) and not module.return_indices and not module.ceil_mode:
             continue
         return False
     return True

@@ -50,3 +50,22 @@ def test_activation_replaces_every_relu_and_nothing_else(name):
         assert kinds == [kind if t is torch.nn.ReLU else t for t in map(type, relu)] and kind in kinds
         for a, b in zip(relu.parameters(), smooth.parameters(), strict=True):  # same initialisation
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 8, 8), (2, 3, 7, 9), (4, 2, 1, 5, 5)])
+def test_max_pool_without_autograd_equals_max_pool2d_and_keeps_its_gradient(shape):
+    from torch import nn
+
+    from hesslib.models import MaxPool2d
+
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    flat = x.reshape(-1, *shape[-3:])
+    with torch.no_grad():
+        fast = MaxPool2d()(x)  # the strided-maxima path, also with an extra leading (vmap-like) axis
+    torch.testing.assert_close(fast, nn.functional.max_pool2d(flat, 2).reshape(*shape[:-2], *fast.shape[-2:]),
+                               rtol=0, atol=0)
+    xr, ref = flat.clone().requires_grad_(), flat.clone().requires_grad_()
+    MaxPool2d()(xr).square().sum().backward()
+    nn.MaxPool2d(2)(ref).square().sum().backward()
+    torch.testing.assert_close(xr.grad, ref.grad, rtol=0, atol=0)
+    assert isinstance(make_model("cnn", (1, 8, 8))[2], MaxPool2d)
