@@ -376,6 +376,12 @@ class SubspaceLoss:
     otherwise :meth:`features` is the input itself and :meth:`per_sample_losses` runs the whole model at w* + Pθ.
     Both paths agree to float rounding.
 
+    When the layers after the first are Linear layers and elementwise activations only (the MLP, the linear model),
+    :meth:`batched_losses` runs many θ at once with explicit batched products instead of a vmap of
+    :meth:`per_sample_losses`: z = z* + Θ Z (one ``addmm``), then per layer one ``baddbmm`` with the bias fused and
+    the activation in place, so each activation is written once per θ (``batched`` says whether it applies; on the
+    paper's MLP, 1,024 θ over 4,992 samples: about 7.5 s instead of 13 s).
+
     Args:
         objective: the loss, its data and w*.
         P: the subspace basis [M, D], in the objective's dtype on its device (not checked here).
@@ -397,6 +403,7 @@ class SubspaceLoss:
             fan_in = layer.weight[0].numel()
             precompute = D < fan_in
         self.precomputed = bool(precompute)
+        self.batched = False
         if not self.precomputed:
             return
         prefix = f"{first}."
@@ -410,6 +417,7 @@ class SubspaceLoss:
         # the head's parameters at w* and along each column of P, [D + 1, head params], one row per parameter set
         self._head_weights = torch.cat([objective.params[rows][None], P[rows].T])
         self._tail_params, self._tail_P = objective.params[rest], P[rest]
+        self.batched = all(type(module) in BATCHED_TAIL for module in self._tail)
         self.feature_numel = self.features(objective.X[:1])[0, 0].numel()  # first-layer outputs per sample
 
     @staticmethod
@@ -429,6 +437,29 @@ class SubspaceLoss:
         with torch.no_grad():
             return vmap(head)(self._head_weights)
 
+    @torch.no_grad()
+    def batched_losses(self, thetas: torch.Tensor, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """ℓ_s(w* + Pθ_t) [c, m] for θ_t the rows of ``thetas`` [c, D], from :meth:`features` (needs ``batched``)."""
+        c, (m, width) = thetas.shape[0], features.shape[1:]
+        z = torch.addmm(features[0].reshape(1, -1), thetas, features[1:].reshape(thetas.shape[1], -1))
+        z = z.view(c, m, width)
+        flat = self._tail_params + thetas @ self._tail_P.T  # [c, tail parameters]
+        sizes = [b.slice.stop - b.slice.start for b in self._tail_blocks]
+        weights = {b.name: part.view(c, *b.shape)
+                   for b, part in zip(self._tail_blocks, flat.split(sizes, dim=1), strict=True)}
+        for name, module in self._tail.named_children():
+            if isinstance(module, nn.Linear):
+                W, b = weights[f"{name}.weight"].transpose(1, 2), weights.get(f"{name}.bias")
+                z = torch.bmm(z, W) if b is None else torch.baddbmm(b[:, None, :], z, W)
+            elif isinstance(module, nn.ReLU):
+                z = z.relu_()
+            elif isinstance(module, nn.Tanh):
+                z = z.tanh_()
+            else:
+                z = module(z)
+        target = y.expand(c, *y.shape).reshape(c * m, *y.shape[1:])
+        return per_sample_loss(z.reshape(c * m, -1), target, self.objective.loss).view(c, m)
+
     def per_sample_losses(self, theta: torch.Tensor, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """ℓ_s(w* + Pθ) for the samples whose :meth:`features` are given; θ [D] (vmap over θ for many)."""
         if not self.precomputed:
@@ -437,6 +468,9 @@ class SubspaceLoss:
         weights = self._split(self._tail_params + self._tail_P @ theta, self._tail_blocks)
         out = functional_call(self._tail, ({**weights, **self.objective._buffers},), (z,))
         return per_sample_loss(out, y, self.objective.loss)
+
+
+BATCHED_TAIL = (nn.Linear, nn.ReLU, nn.Tanh, nn.GELU, nn.Sigmoid)  # layers SubspaceLoss.batched_losses runs
 
 
 def _first_affine_layer(model: nn.Module) -> int | None:

@@ -74,3 +74,21 @@ def test_higher_derivatives_do_not_depend_on_the_precomputation(monkeypatch):
     plain = projected_higher_derivatives(obj, P, samples_per_step=10, pairs_per_step=3)
     torch.testing.assert_close(fast.third, plain.third, rtol=1e-10, atol=1e-13)
     torch.testing.assert_close(fast.fourth, plain.fourth, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "tanh"])
+@pytest.mark.parametrize(("kind", "loss"), [("mlp", "cross_entropy"), ("mlp", "mse"), ("linear", "cross_entropy")])
+def test_batched_products_equal_the_vmapped_model(kind, loss, activation):
+    torch.manual_seed(0)
+    model = make_model(kind, (1, 6, 6), 3, hidden=(7, 5), activation=activation).to(F64)
+    gen = torch.Generator().manual_seed(0)
+    X, y = torch.randn(21, 1, 6, 6, dtype=F64, generator=gen), torch.randint(0, 3, (21,), generator=gen)
+    obj = Objective(model, X, y, batch_size=8, dtype=F64, loss=loss)
+    P = torch.randn(obj.num_params, 3, dtype=F64, generator=gen) / obj.num_params ** 0.5
+    restricted = SubspaceLoss(obj, P)
+    assert restricted.batched  # Linear layers and activations after the precomputed first layer
+    thetas = torch.randn(4, 3, dtype=F64, generator=gen)
+    features = restricted.features(X)
+    expected = torch.stack([obj.per_sample_losses(obj.params + P @ theta, X, y) for theta in thetas])
+    torch.testing.assert_close(restricted.batched_losses(thetas, features, y), expected, rtol=1e-12, atol=1e-13)
+    assert not SubspaceLoss(*_problem("cnn", D=3)).batched  # convolutions after the first layer: vmap
