@@ -15,7 +15,7 @@ in ``MANIFEST.json`` beside them; the numbers a notebook records with :func:`hes
 ``--jobs N`` runs up to N notebooks at once, each in a worker process with its own kernel environment; their
 outputs are still installed one notebook at a time in story order, so the files are the same bytes as a run one
 at a time, and a failure leaves the notebooks before it in place and nothing of those after it. It pays only when
-the work is cached (on 2 cores: 65–72 s instead of 81–91 s); notebooks that compute compete for the cores with
+the work is cached (on 2 cores: 59 s instead of 66 s); notebooks that compute compete for the cores with
 their torch threads and run many times slower (an empty-cache run with 2 jobs: notebook 00 took 142 s, not 14 s).
 
 A default run (no parameters) also writes every executed notebook, without its volatile metadata, to
