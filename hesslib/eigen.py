@@ -57,6 +57,20 @@ class EigenResult:
     method: str
 
 
+def _check_solve(M: int, d: int, tol: float, max_hvps: int | None, init: torch.Tensor | None) -> int:
+    """Check the arguments every solver shares (1 ≤ d < M, tol > 0, max_hvps ≥ 1, init [M, j ≥ 1]); the cap."""
+    if not isinstance(d, int) or not 1 <= d < M:
+        raise ValueError(f"d must be an integer in [1, {M - 1}] (M - 1 = num_params - 1), got {d!r}")
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol!r}")
+    max_hvps = 1000 * d if max_hvps is None else max_hvps
+    if max_hvps < 1:
+        raise ValueError(f"max_hvps must be >= 1, got {max_hvps}")
+    if init is not None and (init.dim() != 2 or init.shape[0] != M or init.shape[1] < 1):
+        raise ValueError(f"init must have shape [{M}, j] with j >= 1, got {list(init.shape)}")
+    return max_hvps
+
+
 def top_eigenpairs(
     operator: Operator,
     d: int,
@@ -112,15 +126,7 @@ def top_eigenpairs(
     M = check_operator(operator).num_params
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not isinstance(d, int) or not 1 <= d < M:
-        raise ValueError(f"d must be an integer in [1, {M - 1}] (M - 1 = num_params - 1), got {d!r}")
-    if not tol > 0:
-        raise ValueError(f"tol must be > 0, got {tol!r}")
-    max_hvps = 1000 * d if max_hvps is None else max_hvps
-    if max_hvps < 1:
-        raise ValueError(f"max_hvps must be >= 1, got {max_hvps}")
-    if init is not None and (init.dim() != 2 or init.shape[0] != M or init.shape[1] < 1):
-        raise ValueError(f"init must have shape [{M}, j] with j >= 1, got {list(init.shape)}")
+    max_hvps = _check_solve(M, d, tol, max_hvps, init)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     if method == "power":
         return _power(operator, d, tol, max_hvps, generator, init, progress)
@@ -364,15 +370,7 @@ def running_mean_eigenpairs(
         raise ValueError(f"num_terms must be an integer >= 1, got {num_terms!r}")
     first = check_operator(term(1))
     M, dtype, device = first.num_params, first.dtype, first.device
-    if not isinstance(d, int) or not 1 <= d < M:
-        raise ValueError(f"d must be an integer in [1, {M - 1}] (M - 1 = num_params - 1), got {d!r}")
-    if not tol > 0:
-        raise ValueError(f"tol must be > 0, got {tol!r}")
-    max_hvps = 1000 * d if max_hvps is None else max_hvps
-    if max_hvps < 1:
-        raise ValueError(f"max_hvps must be >= 1, got {max_hvps}")
-    if init is not None and (init.dim() != 2 or init.shape[0] != M or init.shape[1] < 1):
-        raise ValueError(f"init must have shape [{M}, j] with j >= 1, got {list(init.shape)}")
+    max_hvps = _check_solve(M, d, tol, max_hvps, init)
     b = d if block_size is None else block_size
     if not 1 <= b <= M:
         raise ValueError(f"block_size must be in [1, {M}], got {b}")
