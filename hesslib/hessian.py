@@ -403,6 +403,9 @@ class SubspaceLoss:
             fan_in = layer.weight[0].numel()
             precompute = D < fan_in
         self.precomputed = bool(precompute)
+        # the modules run on features(X) and their parameters: the whole model unless the first layer is precomputed
+        self.tail, self.tail_blocks = model, objective.parameter_blocks
+        self.tail_params, self.tail_P = objective.params, P
         self.batched = False
         if not self.precomputed:
             return
@@ -411,13 +414,13 @@ class SubspaceLoss:
         rows = torch.cat([torch.arange(b.slice.start, b.slice.stop, device=P.device) for b in head_blocks])
         rest = torch.ones(objective.num_params, dtype=torch.bool, device=P.device)
         rest[rows] = False
-        self._head, self._tail = model[: first + 1], model[first + 1:]
+        self._head, self.tail = model[: first + 1], model[first + 1:]
         self._head_blocks = head_blocks
-        self._tail_blocks = [b for b in objective.parameter_blocks if not b.name.startswith(prefix)]
+        self.tail_blocks = [b for b in objective.parameter_blocks if not b.name.startswith(prefix)]
         # the head's parameters at w* and along each column of P, [D + 1, head params], one row per parameter set
         self._head_weights = torch.cat([objective.params[rows][None], P[rows].T])
-        self._tail_params, self._tail_P = objective.params[rest], P[rest]
-        self.batched = all(type(module) in BATCHED_TAIL for module in self._tail)
+        self.tail_params, self.tail_P = objective.params[rest], P[rest]
+        self.batched = all(type(module) in BATCHED_TAIL for module in self.tail)
         self.feature_numel = self.features(objective.X[:1])[0, 0].numel()  # first-layer outputs per sample
 
     @staticmethod
@@ -437,17 +440,20 @@ class SubspaceLoss:
         with torch.no_grad():
             return vmap(head)(self._head_weights)
 
+    def tail_weights(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The rows of ``flat`` [c, tail parameters] as the tail's parameter tensors by name, each [c, *shape]."""
+        sizes = [b.slice.stop - b.slice.start for b in self.tail_blocks]
+        return {b.name: part.reshape(flat.shape[0], *b.shape)
+                for b, part in zip(self.tail_blocks, flat.split(sizes, dim=1), strict=True)}
+
     @torch.no_grad()
     def batched_losses(self, thetas: torch.Tensor, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """ℓ_s(w* + Pθ_t) [c, m] for θ_t the rows of ``thetas`` [c, D], from :meth:`features` (needs ``batched``)."""
         c, (m, width) = thetas.shape[0], features.shape[1:]
         z = torch.addmm(features[0].reshape(1, -1), thetas, features[1:].reshape(thetas.shape[1], -1))
         z = z.view(c, m, width)
-        flat = self._tail_params + thetas @ self._tail_P.T  # [c, tail parameters]
-        sizes = [b.slice.stop - b.slice.start for b in self._tail_blocks]
-        weights = {b.name: part.view(c, *b.shape)
-                   for b, part in zip(self._tail_blocks, flat.split(sizes, dim=1), strict=True)}
-        for name, module in self._tail.named_children():
+        weights = self.tail_weights(self.tail_params + thetas @ self.tail_P.T)
+        for name, module in self.tail.named_children():
             if isinstance(module, nn.Linear):
                 W, b = weights[f"{name}.weight"].transpose(1, 2), weights.get(f"{name}.bias")
                 z = torch.bmm(z, W) if b is None else torch.baddbmm(b[:, None, :], z, W)
@@ -465,8 +471,8 @@ class SubspaceLoss:
         if not self.precomputed:
             return self.objective.per_sample_losses(self.objective.params + self.P @ theta, features, y)
         z = features[0] + torch.tensordot(theta, features[1:], dims=1)
-        weights = self._split(self._tail_params + self._tail_P @ theta, self._tail_blocks)
-        out = functional_call(self._tail, ({**weights, **self.objective._buffers},), (z,))
+        weights = self._split(self.tail_params + self.tail_P @ theta, self.tail_blocks)
+        out = functional_call(self.tail, ({**weights, **self.objective._buffers},), (z,))
         return per_sample_loss(out, y, self.objective.loss)
 
 
@@ -704,14 +710,8 @@ def _higher_derivatives_taylor(obj: Objective, P: torch.Tensor, samples_per_step
     first, second = torch.triu_indices(D, D, 1, device=obj.device)
     pairs = first.numel()
     restricted = SubspaceLoss(obj, P)  # the first layer's response to P precomputed where that is cheaper
-    if restricted.precomputed:
-        modules, blocks = list(restricted._tail.named_children()), restricted._tail_blocks
-        at_w, along_P = restricted._tail_params, restricted._tail_P
-    else:
-        modules, blocks = list(obj.model.named_children()), obj.parameter_blocks
-        at_w, along_P = obj.params, P
-    offsets = [0, *itertools.accumulate(b.slice.stop - b.slice.start for b in blocks)]
-    params = {b.name: at_w[lo:hi].view(b.shape) for b, lo, hi in zip(blocks, offsets[:-1], offsets[1:], strict=True)}
+    modules = list(restricted.tail.named_children())
+    params = {name: value[0] for name, value in restricted.tail_weights(restricted.tail_params[None]).items()}
     weights = 1.0 / obj.batch_counts[obj.batch_index]  # ℓ_i = (1/|batch i|) Σ_{s ∈ batch i} ℓ_s
     third = torch.zeros(obj.num_batches, D, dtype=obj.dtype, device=obj.device)
     fourth = torch.zeros(obj.num_batches, dtype=obj.dtype, device=obj.device)
@@ -726,9 +726,7 @@ def _higher_derivatives_taylor(obj: Objective, P: torch.Tensor, samples_per_step
             cubic, quartic = [], []  # c₃(u), c₄(u) per direction, [U, samples]
             for lo in range(0, directions.shape[0], directions_per_step):
                 U = directions[lo:lo + directions_per_step]
-                flat = (along_P @ U.T).T  # [u, parameters]: the parameter part of each direction P u
-                deltas = {b.name: flat[:, a:z].reshape(U.shape[0], *b.shape)
-                          for b, a, z in zip(blocks, offsets[:-1], offsets[1:], strict=True)}
+                deltas = restricted.tail_weights((restricted.tail_P @ U.T).T)  # the tail's part of each P u
                 if restricted.precomputed:
                     series = [features[0], torch.tensordot(U, features[1:], dims=1), None, None, None]
                 else:

@@ -30,7 +30,7 @@ from torch import nn
 Series = list[torch.Tensor | None]
 
 PARAMETRIC = (nn.Linear, nn.Conv2d)
-ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.GELU)
+SMOOTH = (nn.Tanh, nn.GELU)  # activations composed by Faà di Bruno
 
 
 def supported(modules: Sequence[nn.Module]) -> bool:
@@ -189,7 +189,7 @@ def propagate(modules: Sequence[tuple[str, nn.Module]], series: Series, params: 
         elif isinstance(module, nn.ReLU):
             mask = (series[0] > 0).to(series[0].dtype)
             series = [torch.relu(series[0])] + [_mul(c, mask) for c in series[1:]]
-        elif isinstance(module, ELEMENTWISE):
+        elif isinstance(module, SMOOTH):
             g0, g = _activation_derivatives(module, series[0], len(series) - 1)
             series = _compose(g0, g, series)
         elif isinstance(module, nn.MaxPool2d):
@@ -200,7 +200,7 @@ def propagate(modules: Sequence[tuple[str, nn.Module]], series: Series, params: 
 
 
 def loss_series(out: Series, y: torch.Tensor, loss: str) -> Series:
-    """The series of the per-sample loss ℓ(out(t), y): [ℓ_0 [m], ℓ_1 [U, m], ...] (None where zero).
+    """The series of the per-sample loss ℓ(out(t), y): [ℓ_0 [m], ℓ_1 [U, m], ..., ℓ_J [U, m]] (zeros included).
 
     Cross-entropy: ℓ = log Σ_i p_i e^{δ_i} + (logsumexp(c_0) − c_0,y) − δ_y with p = softmax(c_0) and
     δ = Σ_{j≥1} c_j t^j; e^{δ} by e_n = (1/n) Σ_{k=1..n} k δ_k e_{n−k}, then log E by
