@@ -100,9 +100,11 @@ def top_eigenpairs(
         seed: seeds the random start vectors (a CPU generator).
         max_hvps: caps the Hessian-vector products, ≥ 1 (default 1000·d, the original's 1000 iterations per
             vector); ``"power"`` spends up to ``max_hvps // d`` per vector plus d for the final residuals.
-        block_size: block size b in [1, M]: Lanczos multiplies b vectors per step (default min(d, 4), the
-            fastest on the paper's MLP in ``benchmarks/bench_eigen.py``), Davidson adds up to b residuals per
-            step (default d).
+        block_size: block size b in [1, M]: Lanczos multiplies b vectors per step (default min(d, p) with p the
+            operator's ``preferred_block_size`` if it has one, else 4; an
+            :class:`~hesslib.hessian.Objective` prefers 1 or 2, whichever its product formulation makes fastest;
+            with ``init`` of j columns, at least min(d, j), so the whole warm start fills the first block),
+            Davidson adds up to b residuals per step (default d).
         max_basis: the basis size that triggers a thick restart, ≥ min(d + b, M) (default max(3d, d + 6b)
             for Lanczos, max(3d, d + 2b) for Davidson); capped at M.
         init: [M, j] with j ≥ 1 (e.g. the previous eigenvectors) warm-starts the search; any dtype or device.
@@ -130,7 +132,10 @@ def top_eigenpairs(
     generator = torch.Generator(device="cpu").manual_seed(seed)
     if method == "power":
         return _power(operator, d, tol, max_hvps, generator, init, progress)
-    b = (min(d, 4) if method == "lanczos" else d) if block_size is None else block_size
+    preferred = getattr(operator, "preferred_block_size", 4)
+    if init is not None:  # a warm start is used whole: it fills the first block
+        preferred = max(preferred, init.shape[1])
+    b = (min(d, preferred) if method == "lanczos" else d) if block_size is None else block_size
     if not 1 <= b <= M:
         raise ValueError(f"block_size must be in [1, {M}], got {b}")
     default_basis = max(3 * d, d + 6 * b) if method == "lanczos" else max(3 * d, d + 2 * b)
