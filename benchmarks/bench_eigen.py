@@ -196,7 +196,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--power-max-hvps", type=int, default=None,
                         help="HVP cap of the power-iteration rows (default: hesslib's 1000·d)")
     parser.add_argument("--block-size", type=int, default=None,
-                        help="block size of hesslib's Lanczos (default: the library's, min(d, 4))")
+                        help="block size of hesslib's Lanczos (default: min(d, Objective.preferred_block_size))")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the single-product timings")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eigenthings-m", type=int, default=None,
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
                       for key, (_, dist) in LIBRARIES.items()))
     print(f"tol {args.tol:g} (power paper tol {args.power_tol:g}); caps: Lanczos {settings.max_hvps} HVPs, power "
           f"{settings.power_max_hvps} HVPs ({settings.power_max_hvps // d} per vector); hesslib Lanczos block size "
-          f"{args.block_size or min(d, 4)}; seed {args.seed}")
+          f"{args.block_size or min(d, obj.preferred_block_size)}, products {obj.hvp_method}; seed {args.seed}")
 
     chosen = [m for m in methods(args.tol, args.power_tol, args.eigenthings_m) if m.key not in args.skip]
     available = [m for m in chosen if m.library == "hesslib" or modules[m.library] is not None]
@@ -334,7 +334,7 @@ def hvp_costs(obj: hesslib.Objective, d: int, repeats: int, seed: int) -> dict:
     print(f"  {f'{d} x obj.hvp(v)':<30} {t_single:9.4f} s   {t_single / d / t_grad:.2f} gradients per vector"
           f"   (batched: {t_single / t_batched:.1f}x faster)")
     return {"gradient_s": t_grad, "block_s": t_batched, "block_size": d, "gradients_per_vector": per_vector,
-            "single_s": t_single / d}
+            "single_s": t_single / d, "hvp_method": obj.hvp_method}
 
 
 def print_ratios(rows: list[Row], missing: list[Method]) -> None:

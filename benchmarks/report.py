@@ -49,8 +49,11 @@ def eigen_table(data: dict) -> str:
         lines.append(f"| {r['method']} | {r['tol']:.0e} | {r['hvps']} | {r['seconds']:.2f} | "
                      f"{r['worst_residual']:.1e} | {'yes' if r['converged'] else 'no'} | {ratio} |")
     h = data["hvp"]
-    lines += ["", f"One product: gradient {h['gradient_s']:.4f} s; a block of {h['block_size']} "
-                  f"{h['block_s']:.4f} s = {h['gradients_per_vector']:.2f} gradients per vector."]
+    method = f" ({h['hvp_method']} products)" if "hvp_method" in h else ""
+    single = (f"; one vector {h['single_s']:.4f} s = {h['single_s'] / h['gradient_s']:.2f} gradients"
+              if "single_s" in h else "")
+    lines += ["", f"One product{method}: gradient {h['gradient_s']:.4f} s; a block of {h['block_size']} "
+                  f"{h['block_s']:.4f} s = {h['gradients_per_vector']:.2f} gradients per vector{single}."]
     return "\n".join([_machine(data), "", *lines])
 
 
