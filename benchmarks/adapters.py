@@ -86,6 +86,7 @@ class CountingOperator:
         self.num_params = obj.num_params
         self.dtype = obj.dtype
         self.device = obj.device
+        self.preferred_block_size = obj.preferred_block_size  # the solver's default block, as for the Objective
         self.count = 0
 
     def hvp(self, V: torch.Tensor) -> torch.Tensor:
