@@ -27,6 +27,8 @@ from .progress import progress_bar
 # the CPU, where memory-bound kernels want their data in the caches; on an accelerator, a bound on its memory.
 ACTIVATION_BUDGET_MB = 96.0
 ACCELERATOR_ACTIVATION_BUDGET_MB = 2048.0
+# The most MiB of forward and backward passes at w* an Objective keeps for its next explicit product (rop.Primal).
+PRIMAL_CACHE_MB = 512.0
 
 
 HvpMethod = Literal["explicit", "jvp"]
@@ -82,7 +84,8 @@ class Objective:
         batch_index: int64 [n], the 0-based batch of each sample.
         hvp_method: how :meth:`hvp` computes products: ``"explicit"``, Pearlmutter's passes written out as large
             matrix products (:mod:`hesslib.rop`; chosen for Sequentials of Linear layers and elementwise
-            activations, 1.2–1.4x faster per block on the paper's MLP), or ``"jvp"``, a ``vmap`` of ``jvp`` over
+            activations; on the paper's MLP 2.5x faster for one vector, 1.1–1.5x for blocks), or ``"jvp"``, a
+            ``vmap`` of ``jvp`` over
             ``grad`` (any model). Both are exact; they differ by float rounding. Assign it to choose.
         batch_counts: [N], the number of samples in each batch, in ``dtype``.
         rank, world_size: this process's rank and the number of processes (0 and 1 unless ``distributed``).
@@ -167,14 +170,15 @@ class Objective:
         explicit = (isinstance(model, nn.Sequential) and every_parameter_trained and not self._buffers
                     and rop.supported(list(model), loss))
         self.hvp_method: HvpMethod = "explicit" if explicit else "jvp"
+        self._primal_cache: tuple | None = None  # (params key, [(chunk, rop.Primal)]) of the explicit products
 
     @property
     def preferred_block_size(self) -> int:
         """The Lanczos block size that is fastest with :attr:`hvp_method` (the eigen-solver's default).
 
-        1 for explicit products: one vector is already one large matrix product per layer (1.8 gradients per vector
-        against 1.45 in a block of 4 on the paper's MLP), and a block Krylov space needs more products for the
-        same accuracy (top-10 to 1e-4: 27, 34 and 48 products for blocks of 1, 2 and 4; 1.9 s against 2.9 s).
+        1 for explicit products: with the shared passes kept, one vector costs about what it costs in a block
+        (1.25 gradients per vector against 1.2–1.4 in blocks of 2–16 on the paper's MLP), and a block Krylov space
+        needs more products for the same accuracy (top-10 to 1e-4: 27, 34 and 48 products for blocks of 1, 2 and 4).
         2 for ``jvp`` of ``grad``, whose single products carry vmap's fixed cost (top-10 on the MLP 2.6 s against
         3.6 s and 3.4 s for blocks of 1 and 4; on the paper's CNN 15 s against 16 s and 21 s).
         """
@@ -210,6 +214,26 @@ class Objective:
         sizes = [block.slice.stop - block.slice.start for block in self.parameter_blocks]
         return {block.name: part.view(block.shape)
                 for block, part in zip(self.parameter_blocks, w.split(sizes), strict=True)}
+
+    def _primal_passes(self):
+        """(chunk, :class:`hesslib.rop.Primal`) for each of :meth:`chunks`: the passes every explicit product shares.
+
+        They are kept for the next product (on the paper's MLP a single product then costs 1.2 instead of 1.8
+        gradients) while they fit in :data:`PRIMAL_CACHE_MB` and :attr:`params` is unchanged; else recomputed.
+        """
+        key = (id(self.params), self.params._version)
+        if self._primal_cache is not None and self._primal_cache[0] == key:
+            yield from self._primal_cache[1]
+            return
+        weights, modules = self.unflatten(self.params), list(self.model)
+        keep = 2 * self.num_samples * self.activation_numel * self.X.element_size() <= PRIMAL_CACHE_MB * 2**20
+        passes = []
+        for part in self.chunks():
+            state = rop.primal(modules, weights, self.X[part], self.y[part], self.sample_weights[part], self.loss)
+            if keep:
+                passes.append((part, state))
+            yield part, state
+        self._primal_cache = (key, passes) if keep else None
 
     def _split_rows(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split r flat vectors, the rows of ``rows`` [r, M], into the named parameter tensors, each [r, *shape]."""
@@ -385,11 +409,16 @@ class Objective:
         out = torch.zeros(r, V.shape[0], dtype=self.dtype, device=self.device)
         if self.hvp_method == "explicit":
             weights, directions = self.unflatten(w), self._split_rows(V.T.contiguous())
-            modules = list(self.model)
-            for part in self.chunks(width=r):
-                products = rop.hvp(modules, weights, directions, self.X[part], self.y[part],
-                                   self.sample_weights[part], self.loss)
-                out += torch.cat([products[block.name].reshape(r, -1) for block in self.parameter_blocks], dim=1)
+            budget = ACTIVATION_BUDGET_MB if self.device.type == "cpu" else ACCELERATOR_ACTIVATION_BUDGET_MB
+            for part, state in self._primal_passes():
+                # tangents of at most `width` vectors at once, so one pass's activations × vectors fit the budget
+                per_vector = (part.stop - part.start) * self.activation_numel * self.X.element_size()
+                width = max(1, int(budget * 2**20 // per_vector))
+                for first in range(0, r, width):
+                    group = {name: d[first:first + width] for name, d in directions.items()}
+                    products = rop.tangent(state, weights, group, self.loss)
+                    out[first:first + width] += torch.cat(
+                        [products[block.name].flatten(1) for block in self.parameter_blocks], dim=1)
             self.all_reduce(out)
             return out[0] if single else out.T
         for part in self.chunks(width=r):

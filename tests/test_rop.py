@@ -95,3 +95,17 @@ def test_frozen_parameters_and_non_sequentials_fall_back():
     # (not compared with torch.func.hessian: in torch 2.13 its Hessian through LayerNorm disagrees with finite
     # differences, while jvp of grad and double backward agree with them)
     assert not rop.supported([nn.Flatten(), nn.Linear(4, 3), nn.LayerNorm(3), nn.Linear(3, 2)], "cross_entropy")
+
+
+def test_kept_primal_passes_follow_the_parameters():
+    torch.manual_seed(0)
+    model = make_model("mlp", (1, 2, 2), 3, hidden=(5,), activation="tanh").to(F64)
+    X, y = torch.randn(20, 1, 2, 2, dtype=F64), torch.randint(0, 3, (20,))
+    obj = Objective(model, X, y, batch_size=6, chunk_size=7)
+    V = torch.randn(obj.num_params, 2, dtype=F64)
+    first = obj.hvp(V)
+    torch.testing.assert_close(obj.hvp(V), first, rtol=0, atol=0)  # from the kept passes
+    obj.params = obj.params + 0.3 * torch.randn(obj.num_params, dtype=F64)  # a new w*: the passes are redone
+    torch.testing.assert_close(obj.hvp(V), _dense_hessian(obj) @ V, rtol=1e-10, atol=1e-12)
+    obj.params.mul_(0.5)  # changed in place: redone as well
+    torch.testing.assert_close(obj.hvp(V), _dense_hessian(obj) @ V, rtol=1e-10, atol=1e-12)
