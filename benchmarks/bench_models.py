@@ -3,7 +3,8 @@ products over the default data, in seconds and in gradients per vector.
 
 Writes ``benchmarks/results/bench_models.json``:
 ``{"machine": {...}, "rows": [{"model", "params", "macs_per_sample", "forward_s", "gradient_s", "hvp_s",
-"block_s", "block_size", "gradients_per_vector_single", "gradients_per_vector_block", "ns_per_mac_gradient"}]}``.
+"block_s", "block_size", "gradients_per_vector_single", "gradients_per_vector_block", "ns_per_mac_gradient",
+"hvp_method", "preferred_block_size", and for explicit products "jvp_hvp_s", "jvp_block_s" (the other formulation)}]}``.
 Run: ``python benchmarks/bench_models.py [--repeat 3]``.
 """
 
@@ -69,8 +70,16 @@ def main() -> None:
         gradient = best_of(obj.gradient, args.repeat)
         single = best_of(lambda obj=obj, V=V: obj.hvp(V[:, 0]), args.repeat)
         block = best_of(lambda obj=obj, V=V: obj.hvp(V), args.repeat)
+        method = obj.hvp_method
+        alternative = {}
+        if method == "explicit":  # the formulation not chosen, for comparison
+            obj.hvp_method = "jvp"
+            alternative = {"jvp_hvp_s": best_of(lambda obj=obj, V=V: obj.hvp(V[:, 0]), args.repeat),
+                           "jvp_block_s": best_of(lambda obj=obj, V=V: obj.hvp(V), args.repeat)}
+            obj.hvp_method = method
         macs = macs_per_sample(net, data.input_shape)
         rows.append({"model": name, "params": obj.num_params, "macs_per_sample": macs, "forward_s": forward,
+                     "hvp_method": method, "preferred_block_size": obj.preferred_block_size, **alternative,
                      "gradient_s": gradient, "hvp_s": single, "block_s": block, "block_size": args.block,
                      "gradients_per_vector_single": single / gradient,
                      "gradients_per_vector_block": block / args.block / gradient,
@@ -78,12 +87,14 @@ def main() -> None:
     mlp = next(r for r in rows if r["model"] == "mlp")
     print(f"mnist5k, {len(data)} samples, {torch.get_num_threads()} threads; block of {args.block} products")
     print(f"{'model':>7} {'params':>9} {'MACs/sample':>12} {'forward':>9} {'gradient':>9} {'HVP':>9} {'block':>9} "
-          f"{'grad/vec 1':>11} {'grad/vec b':>11} {'ns/MAC':>8} {'vs MLP':>7}")
+          f"{'grad/vec 1':>11} {'grad/vec b':>11} {'ns/MAC':>8} {'vs MLP':>7} {'products':>9} {'jvp 1, b':>12}")
     for r in rows:
         print(f"{r['model']:>7} {r['params']:>9,} {r['macs_per_sample']:>12,} {r['forward_s']:8.3f}s "
               f"{r['gradient_s']:8.3f}s {r['hvp_s']:8.3f}s {r['block_s']:8.3f}s "
               f"{r['gradients_per_vector_single']:11.2f} {r['gradients_per_vector_block']:11.2f} "
-              f"{r['ns_per_mac_gradient']:8.3f} {r['ns_per_mac_gradient'] / mlp['ns_per_mac_gradient']:6.1f}×")
+              f"{r['ns_per_mac_gradient']:8.3f} {r['ns_per_mac_gradient'] / mlp['ns_per_mac_gradient']:6.1f}× "
+              f"{r['hvp_method']:>9} "
+              + (f"{r['jvp_hvp_s']:5.3f}s {r['jvp_block_s']:5.3f}s" if "jvp_hvp_s" in r else ""))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2) + "\n")
     print(f"written {RESULTS}")

@@ -26,13 +26,16 @@ def models_table(data: dict) -> str:
     """bench_models.json: one row per model family."""
     rows = data["rows"]
     mlp = next((r for r in rows if r["model"] == "mlp"), rows[0])
-    lines = ["| model | params | MACs / sample | forward s | gradient s | HVP s | block s (b) | gradients / vector "
-             "(single, block) | ns / MAC (gradient) | vs MLP |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| model | params | MACs / sample | forward s | gradient s | products | HVP s | block s (b) | "
+             "gradients / vector (single, block) | jvp of grad: gradients / vector | ns / MAC (gradient) | vs MLP |",
+             "| --- | ---: | ---: | ---: | ---: | :---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
+        jvp = (f"{r['jvp_hvp_s'] / r['gradient_s']:.2f}, {r['jvp_block_s'] / r['block_size'] / r['gradient_s']:.2f}"
+               if "jvp_hvp_s" in r else "(the same)")
         lines.append(f"| {r['model']} | {r['params']:,} | {r['macs_per_sample']:,} | {r['forward_s']:.3f} | "
-                     f"{r['gradient_s']:.3f} | {r['hvp_s']:.3f} | {r['block_s']:.3f} ({r['block_size']}) | "
-                     f"{r['gradients_per_vector_single']:.2f}, {r['gradients_per_vector_block']:.2f} | "
+                     f"{r['gradient_s']:.3f} | {r.get('hvp_method', 'jvp')} | {r['hvp_s']:.3f} | "
+                     f"{r['block_s']:.3f} ({r['block_size']}) | "
+                     f"{r['gradients_per_vector_single']:.2f}, {r['gradients_per_vector_block']:.2f} | {jvp} | "
                      f"{r['ns_per_mac_gradient']:.3f} | "
                      f"{r['ns_per_mac_gradient'] / mlp['ns_per_mac_gradient']:.1f}× |")
     return "\n".join([_machine(data), "", *lines])
