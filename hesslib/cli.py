@@ -228,5 +228,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"K at each tolerance: {K}; results in {out / 'results.json'} ({results['timings']['total']:.1f} s, "
               f"{results['world_size']} process(es))")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # no rank tears gloo down while another still talks to it
         torch.distributed.destroy_process_group()
     return 0

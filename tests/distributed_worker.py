@@ -56,4 +56,7 @@ if __name__ == "__main__":
                                              world_size=world)
     torch.save(results(distributed=world > 1), out)
     if world > 1:
+        # every rank has finished before any tears gloo down (a rank exiting while another was still in its
+        # teardown once ended in "terminate called without an active exception" on a loaded 2-core machine)
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
