@@ -34,6 +34,16 @@ PRIMAL_CACHE_MB = 512.0
 HvpMethod = Literal["explicit", "jvp"]
 
 
+def split_blocks(flat: torch.Tensor, blocks: list[ParameterBlock]) -> dict[str, torch.Tensor]:
+    """Flat parameter vectors [..., Σ block sizes] as named tensors [..., *shape], one per block, in order."""
+    # one split, not a slice per block: under autograd a slice's backward writes a zero-filled [M] buffer per
+    # block, a split's backward one concatenation (2.3x faster projected_hessians on the MLP)
+    sizes = [block.slice.stop - block.slice.start for block in blocks]
+    lead = flat.shape[:-1]
+    return {block.name: part.reshape(*lead, *block.shape)
+            for block, part in zip(blocks, flat.split(sizes, dim=-1), strict=True)}
+
+
 class ParameterBlock(NamedTuple):
     """One parameter tensor of the model inside the flat vector w.
 
@@ -209,11 +219,7 @@ class Objective:
 
     def unflatten(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split a flat vector w [M] into the model's named parameter tensors (views), one per parameter block."""
-        # one split, not a slice per block: under autograd a slice's backward writes a zero-filled [M] buffer per
-        # block, a split's backward one concatenation (2.3x faster projected_hessians on the MLP)
-        sizes = [block.slice.stop - block.slice.start for block in self.parameter_blocks]
-        return {block.name: part.view(block.shape)
-                for block, part in zip(self.parameter_blocks, w.split(sizes), strict=True)}
+        return split_blocks(w, self.parameter_blocks)
 
     def _primal_passes(self):
         """(chunk, :class:`hesslib.rop.Primal`) for each of :meth:`chunks`: the passes every explicit product shares.
@@ -234,12 +240,6 @@ class Objective:
                 passes.append((part, state))
             yield part, state
         self._primal_cache = (key, passes) if keep else None
-
-    def _split_rows(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Split r flat vectors, the rows of ``rows`` [r, M], into the named parameter tensors, each [r, *shape]."""
-        sizes = [block.slice.stop - block.slice.start for block in self.parameter_blocks]
-        return {block.name: part.reshape(rows.shape[0], *block.shape)
-                for block, part in zip(self.parameter_blocks, rows.split(sizes, dim=1), strict=True)}
 
     def per_sample_losses(self, w: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The per-sample losses ℓ(f(x; w), y) for each sample of ``X``.
@@ -276,6 +276,11 @@ class Objective:
                 hook.remove()
         return total
 
+    @property
+    def _activation_budget_mb(self) -> float:
+        """:data:`ACTIVATION_BUDGET_MB` on the CPU, :data:`ACCELERATOR_ACTIVATION_BUDGET_MB` elsewhere."""
+        return ACTIVATION_BUDGET_MB if self.device.type == "cpu" else ACCELERATOR_ACTIVATION_BUDGET_MB
+
     def chunks(self, width: int = 1) -> list[slice]:
         """Consecutive slices of samples covering this process's samples (all n when it runs alone).
 
@@ -286,9 +291,8 @@ class Objective:
         CNN: 1.9 s at 276 samples per chunk against 6.2 s at 2,048). The MLP's activations are small, so it
         keeps ``chunk_size``. Chunking changes float rounding only.
         """
-        budget = ACTIVATION_BUDGET_MB if self.device.type == "cpu" else ACCELERATOR_ACTIVATION_BUDGET_MB
         per_sample = self.activation_numel * self.X.element_size() * max(1, width)
-        c = max(16, min(self.chunk_size, int(budget * 2**20 // per_sample)))
+        c = max(16, min(self.chunk_size, int(self._activation_budget_mb * 2**20 // per_sample)))
         start, stop = self.local_samples.start, self.local_samples.stop
         return [slice(s, min(s + c, stop)) for s in range(start, stop, c)]
 
@@ -408,8 +412,8 @@ class Objective:
         r = V.shape[1]
         out = torch.zeros(r, V.shape[0], dtype=self.dtype, device=self.device)
         if self.hvp_method == "explicit":
-            weights, directions = self.unflatten(w), self._split_rows(V.T.contiguous())
-            budget = ACTIVATION_BUDGET_MB if self.device.type == "cpu" else ACCELERATOR_ACTIVATION_BUDGET_MB
+            weights, directions = self.unflatten(w), split_blocks(V.T.contiguous(), self.parameter_blocks)
+            budget = self._activation_budget_mb
             for part, state in self._primal_passes():
                 # tangents of at most `width` vectors at once, so one pass's activations × vectors fit the budget
                 per_vector = (part.stop - part.start) * self.activation_numel * self.X.element_size()
@@ -493,11 +497,6 @@ class SubspaceLoss:
         self.batched = all(type(module) in BATCHED_TAIL for module in self.tail)
         self.feature_numel = self.features(objective.X[:1])[0, 0].numel()  # first-layer outputs per sample
 
-    @staticmethod
-    def _split(flat: torch.Tensor, blocks: list[ParameterBlock]) -> dict[str, torch.Tensor]:
-        sizes = [b.slice.stop - b.slice.start for b in blocks]
-        return {b.name: part.view(b.shape) for b, part in zip(blocks, flat.split(sizes), strict=True)}
-
     def features(self, X: torch.Tensor) -> torch.Tensor:
         """What :meth:`per_sample_losses` needs of inputs X [m, ...]: [D + 1, m, ...] first-layer outputs, or X."""
         if not self.precomputed:
@@ -505,16 +504,14 @@ class SubspaceLoss:
         buffers = self.objective._buffers
 
         def head(weights: torch.Tensor) -> torch.Tensor:
-            return functional_call(self._head, ({**self._split(weights, self._head_blocks), **buffers},), (X,))
+            return functional_call(self._head, ({**split_blocks(weights, self._head_blocks), **buffers},), (X,))
 
         with torch.no_grad():
             return vmap(head)(self._head_weights)
 
     def tail_weights(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """The rows of ``flat`` [c, tail parameters] as the tail's parameter tensors by name, each [c, *shape]."""
-        sizes = [b.slice.stop - b.slice.start for b in self.tail_blocks]
-        return {b.name: part.reshape(flat.shape[0], *b.shape)
-                for b, part in zip(self.tail_blocks, flat.split(sizes, dim=1), strict=True)}
+        return split_blocks(flat, self.tail_blocks)
 
     @torch.no_grad()
     def batched_losses(self, thetas: torch.Tensor, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -541,7 +538,7 @@ class SubspaceLoss:
         if not self.precomputed:
             return self.objective.per_sample_losses(self.objective.params + self.P @ theta, features, y)
         z = features[0] + torch.tensordot(theta, features[1:], dims=1)
-        weights = self._split(self.tail_params + self.tail_P @ theta, self.tail_blocks)
+        weights = split_blocks(self.tail_params + self.tail_P @ theta, self.tail_blocks)
         out = functional_call(self.tail, ({**weights, **self.objective._buffers},), (z,))
         return per_sample_loss(out, y, self.objective.loss)
 

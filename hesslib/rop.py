@@ -16,8 +16,8 @@ kept as [n, r, width], so a_{l−1}V_lᵀ is a [n, in] × [in, r·out] product a
 one), where ``vmap`` of ``jvp(grad)`` redoes the primal passes and runs many smaller batched multiplies. On the
 paper's MLP over mnist5k, with the primal passes kept (:class:`~hesslib.hessian.Objective` keeps them), one
 vector costs 1.25 gradients instead of 3.2 and a block of 10 1.24 per vector instead of 1.6. :func:`supported`
-says which models it handles; :meth:`~hesslib.hessian.Objective.hvp` uses it for those, the vmapped ``jvp`` of
-``grad`` otherwise.
+says which models it handles; :meth:`~hesslib.hessian.Objective.hvp` runs :func:`primal` and :func:`tangent` for
+those, the vmapped ``jvp`` of ``grad`` otherwise.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ ACTIVATIONS = (nn.ReLU, nn.Tanh, nn.GELU, nn.Sigmoid)
 
 
 def supported(modules: Sequence[nn.Module], loss: str) -> bool:
-    """Whether :func:`hvp` handles a Sequential of ``modules`` with this ``loss``.
+    """Whether :func:`primal` and :func:`tangent` handle a Sequential of ``modules`` with this ``loss``.
 
     That is: Flatten modules (start_dim 1), then Linear layers and ReLU, Tanh, exact GELU or Sigmoid activations,
     starting with a Linear layer; cross-entropy or squared error.
@@ -189,21 +189,3 @@ def tangent(state: Primal, weights: dict[str, torch.Tensor], V: dict[str, torch.
         Rg += (g @ V[f"{index}.weight"].transpose(0, 1).reshape(out, r * fan_in)).view(n, r, fan_in)
     return products
 
-
-def hvp(modules: Sequence[nn.Module], weights: dict[str, torch.Tensor], V: dict[str, torch.Tensor],
-        X: torch.Tensor, y: torch.Tensor, sample_weights: torch.Tensor, loss: str) -> dict[str, torch.Tensor]:
-    """Σ_s w_s ∇²ℓ_s(w*) v for the r directions v of ``V`` (each [r, *shape]): :func:`primal`, then :func:`tangent`.
-
-    Args:
-        modules: the Sequential's modules (see :func:`supported`).
-        weights: w* by parameter name.
-        V: the r directions by parameter name, each [r, *shape].
-        X: inputs [n, ...].
-        y: int64 labels [n] (or float targets [n, C] for ``"mse"``).
-        sample_weights: w_s [n].
-        loss: ``"cross_entropy"`` or ``"mse"``.
-
-    Returns:
-        The products by parameter name, each [r, *shape].
-    """
-    return tangent(primal(modules, weights, X, y, sample_weights, loss), weights, V, loss)
