@@ -21,6 +21,7 @@ from .data import load_dataset
 from .diagnostics import Slices, activation_switches, quadratic_slices
 from .eigen import EigenMethod, EigenResult, top_eigenpairs
 from .estimators import (
+    EIGENVALUE_TOL,
     DeltaCurve,
     Formula,
     delta_control_variate,
@@ -379,12 +380,13 @@ class Experiment:
         key = dict(self._subspace_key(directions, D, direction_seed), method=default_higher_method(self.objective))
         return self._cached("higher-derivatives", key, compute, on_device=True)
 
-    def paper_eigenvalues(self, D: int, *, tol: float = 1e-4) -> dict:
+    def paper_eigenvalues(self, D: int, *, tol: float = EIGENVALUE_TOL) -> dict:
         """The top-D eigenvalues of every H_k (:func:`~hesslib.estimators.paper_eigenvalues`), cached.
 
         Args:
             D: how many per k, an int in [1, M − 1].
-            tol: the relative residual of every solve, > 0.
+            tol: the relative residual of every solve, > 0 (the default, 1e-3, gives eigenvalues to float32
+                accuracy: see :func:`~hesslib.estimators.paper_eigenvalues`).
 
         Returns:
             A dict with ``eigenvalues`` (float64 [N, D]), ``hvps`` (the cost of the N solves in full-data
