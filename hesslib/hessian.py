@@ -20,6 +20,7 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from . import rop, taylor
 from .losses import Loss, check_loss, per_sample_loss
+from .models import Conv2d
 from .operators import check_block, check_vector
 from .progress import progress_bar
 
@@ -435,7 +436,7 @@ class Objective:
         return out[0] if single else out.T
 
 
-AFFINE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+AFFINE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, Conv2d, nn.Conv3d)  # hesslib's Conv2d: a layout, not a new map
 
 
 class SubspaceLoss:

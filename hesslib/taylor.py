@@ -27,9 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .models import Conv2d
+
 Series = list[torch.Tensor | None]
 
-PARAMETRIC = (nn.Linear, nn.Conv2d)
+PARAMETRIC = (nn.Linear, nn.Conv2d, Conv2d)  # hesslib's Conv2d computes nn.Conv2d's map in another layout
 SMOOTH = (nn.Tanh, nn.GELU)  # activations composed by Faà di Bruno
 
 

@@ -69,3 +69,36 @@ def test_max_pool_without_autograd_equals_max_pool2d_and_keeps_its_gradient(shap
     nn.MaxPool2d(2)(ref).square().sum().backward()
     torch.testing.assert_close(xr.grad, ref.grad, rtol=0, atol=0)
     assert isinstance(make_model("cnn", (1, 8, 8))[2], MaxPool2d)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_conv2d_computes_nn_conv2d_in_channels_last_memory_also_under_torch_func(channels):
+    from torch import nn
+    from torch.func import grad, jvp, vmap
+
+    from hesslib.models import Conv2d
+
+    g = torch.Generator().manual_seed(0)
+    fast, plain = Conv2d(channels, 4, 3, padding=1).double(), nn.Conv2d(channels, 4, 3, padding=1).double()
+    plain.load_state_dict(fast.state_dict())
+    x = torch.randn(5, channels, 6, 6, generator=g, dtype=torch.float64)
+    out = fast(x)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()  # the layout changed
+    torch.testing.assert_close(out, plain(x), rtol=1e-12, atol=1e-12)  # the values did not
+    torch.testing.assert_close(fast(x[0]), plain(x[0]), rtol=1e-12, atol=1e-12)  # unbatched [C, H, W] input
+    params = dict(fast.named_parameters())
+
+    def loss(module, w, inputs):
+        return torch.func.functional_call(module, w, (inputs,)).tanh().sum()
+
+    for module in (fast, plain):
+        module.requires_grad_(False)
+    directions = {k: torch.randn(3, *p.shape, generator=g, dtype=torch.float64) for k, p in params.items()}
+    results = []
+    for module in (fast, plain):  # gradients, and Hessian-vector products vmapped over directions (vmap keeps layout)
+        gradient = grad(lambda w, m=module: loss(m, w, x))(params)
+        products = vmap(lambda v, m=module: jvp(lambda w: grad(lambda u: loss(m, u, x))(w), (params,), (v,))[1])(
+            directions)
+        results.append((gradient, products))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-10, atol=1e-12)
+    assert isinstance(make_model("cnn", (1, 8, 8))[0], Conv2d)
