@@ -58,11 +58,11 @@ class Conv2d(nn.Conv2d):
         """The convolution of x [n, C, H, W] (or [C, H, W]) with this layer's weight and bias."""
         if x.dim() != 4:
             return super().forward(x)
-        try:
-            weight = self.weight.to(memory_format=torch.channels_last)
-        except RuntimeError:  # "NYI: Tensor.clone(memory_format) inside vmap": keep vmap's own layout
+        try:  # both or neither: inside vmap a batched input or weight cannot change its memory format
+            x, weight = x.to(memory_format=torch.channels_last), self.weight.to(memory_format=torch.channels_last)
+        except RuntimeError:  # e.g. "NYI: Tensor.clone(memory_format) inside vmap": keep vmap's own layout
             return super().forward(x)
-        return self._conv_forward(x.to(memory_format=torch.channels_last), weight, self.bias)
+        return self._conv_forward(x, weight, self.bias)
 
 
 def make_model(

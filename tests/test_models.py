@@ -101,4 +101,9 @@ def test_conv2d_computes_nn_conv2d_in_channels_last_memory_also_under_torch_func
             directions)
         results.append((gradient, products))
     torch.testing.assert_close(results[0], results[1], rtol=1e-10, atol=1e-12)
+    # vmapped over the inputs (per-batch curvature), with the weight shared: a batched input keeps its layout too
+    inputs = x[None].expand(2, -1, -1, -1, -1)
+    per_input = [vmap(lambda xb, m=module: torch.func.functional_call(m, params, (xb,)))(inputs)
+                 for module in (fast, plain)]
+    torch.testing.assert_close(per_input[0], per_input[1], rtol=1e-12, atol=1e-12)
     assert isinstance(make_model("cnn", (1, 8, 8))[0], Conv2d)
