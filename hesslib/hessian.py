@@ -447,26 +447,32 @@ class SubspaceLoss:
     exactly z*(x) + Σ_d θ_d z_d(x), with z* the layer at w* and z_d the layer with weight and bias taken from
     column d of P. :meth:`features` computes [z*, z_1, ..., z_D] once per data chunk; every θ then costs D
     multiply-adds per output of that layer instead of its fan-in (784 for the paper's MLP: 3.8x fewer multiply-adds
-    per θ at D = 10). This is used only when D < fan-in (``precompute=None``), or as ``precompute`` says;
-    otherwise :meth:`features` is the input itself and :meth:`per_sample_losses` runs the whole model at w* + Pθ.
-    Both paths agree to float rounding.
+    per θ at D = 10). With ``precompute=None`` it is used where it saves work: D < fan-in and, when the number T of θ
+    to come is known (``evaluations``), (D + 1)·fan-in < T·(fan-in − D) multiply-adds per first-layer output (the
+    D + 1 maps cost more than they save for few θ in many directions, e.g. 128 θ with D = 256 on the paper's MLP);
+    True or False forces the choice. Otherwise :meth:`features` is the input itself and :meth:`per_sample_losses`
+    runs the whole model at w* + Pθ. Both paths agree to float rounding.
 
     When the layers after the first are Linear layers and elementwise activations only (the MLP, the linear model),
     :meth:`batched_losses` runs many θ at once with explicit batched products instead of a vmap of
     :meth:`per_sample_losses`: z = z* + Θ Z (one ``addmm``), then per layer one ``baddbmm`` with the bias fused and
     the activation in place, so each activation is written once per θ (``batched`` says whether it applies; on the
-    paper's MLP, 1,024 θ over 4,992 samples: about 7.5 s instead of 13 s).
+    paper's MLP, 1,024 θ over 4,992 samples: about 7.5 s instead of 13 s). Without the precomputation the same runs
+    the whole model when it is Flatten modules, then Linear layers and those activations, every parameter trained:
+    the first Linear layer sees the input every θ shares, so its c weight matrices take one ``mm`` with it.
 
     Args:
         objective: the loss, its data and w*.
         P: the subspace basis [M, D], in the objective's dtype on its device (not checked here).
-        precompute: precompute the first layer (True), never (False) or when D < its fan-in (None).
+        precompute: precompute the first layer (True), never (False) or where that saves work (None, see above).
+        evaluations: how many θ the caller will evaluate (None: many), for the choice of ``precompute=None``.
 
     Raises:
         ValueError: if ``precompute`` is True but the model has no such first layer.
     """
 
-    def __init__(self, objective: Objective, P: torch.Tensor, *, precompute: bool | None = None) -> None:
+    def __init__(self, objective: Objective, P: torch.Tensor, *, precompute: bool | None = None,
+                 evaluations: int | None = None) -> None:
         self.objective, self.P = objective, P
         D, model = P.shape[1], objective.model
         first = _first_affine_layer(model)
@@ -474,15 +480,17 @@ class SubspaceLoss:
             raise ValueError("precompute=True needs an nn.Sequential whose first parametric module is a linear or "
                              "convolution layer after parameter-free modules")
         if first is not None and precompute is None:
-            layer = model[first]
-            fan_in = layer.weight[0].numel()
-            precompute = D < fan_in
+            fan_in = model[first].weight[0].numel()
+            precompute = D < fan_in and (evaluations is None or (D + 1) * fan_in < evaluations * (fan_in - D))
         self.precomputed = bool(precompute)
         # the modules run on features(X) and their parameters: the whole model unless the first layer is precomputed
         self.tail, self.tail_blocks = model, objective.parameter_blocks
         self.tail_params, self.tail_P = objective.params, P
-        self.batched = False
-        if not self.precomputed:
+        if not self.precomputed:  # the batched path runs the whole model when a Linear layer takes its input
+            self.batched = (first is not None and type(model[first]) is nn.Linear and not objective._buffers
+                            and all(p.requires_grad for p in model.parameters())
+                            and all(type(m) is nn.Flatten for m in model[:first])
+                            and all(type(m) in BATCHED_TAIL for m in model[first:]))
             return
         prefix = f"{first}."
         head_blocks = [b for b in objective.parameter_blocks if b.name.startswith(prefix)]
@@ -515,13 +523,29 @@ class SubspaceLoss:
         return split_blocks(flat, self.tail_blocks)
 
     @torch.no_grad()
-    def batched_losses(self, thetas: torch.Tensor, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """ℓ_s(w* + Pθ_t) [c, m] for θ_t the rows of ``thetas`` [c, D], from :meth:`features` (needs ``batched``)."""
-        c, (m, width) = thetas.shape[0], features.shape[1:]
-        z = torch.addmm(features[0].reshape(1, -1), thetas, features[1:].reshape(thetas.shape[1], -1))
-        z = z.view(c, m, width)
-        weights = self.tail_weights(self.tail_params + thetas @ self.tail_P.T)
+    def batched_losses(self, thetas: torch.Tensor, features: torch.Tensor, y: torch.Tensor, *,
+                       weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """ℓ_s(w* + Pθ_t) [c, m] for θ_t the rows of ``thetas`` [c, D], from :meth:`features` (needs ``batched``).
+
+        ``weights``: the tail's parameters at these θ, ``tail_weights(tail_params + thetas @ tail_P.T)``, when the
+        caller keeps them for several data parts (else computed here).
+        """
+        c, m = thetas.shape[0], y.shape[0]
+        shared, z = features, None  # the input every θ shares; z [c, m, width] once a Linear layer has run
+        if self.precomputed:
+            z = torch.addmm(features[0].reshape(1, -1), thetas, features[1:].reshape(thetas.shape[1], -1))
+            z = z.view(c, m, features.shape[-1])
+        if weights is None:
+            weights = self.tail_weights(self.tail_params + thetas @ self.tail_P.T)
         for name, module in self.tail.named_children():
+            if z is None:  # the whole model: Flatten modules, then the first Linear layer on the shared input
+                if isinstance(module, nn.Linear):
+                    W, b = weights[f"{name}.weight"], weights.get(f"{name}.bias")  # [c, out, in], [c, out]
+                    z = (shared @ W.reshape(-1, W.shape[-1]).T).view(m, c, -1).transpose(0, 1).contiguous()
+                    z = z if b is None else z.add_(b[:, None, :])
+                else:
+                    shared = module(shared)
+                continue
             if isinstance(module, nn.Linear):
                 W, b = weights[f"{name}.weight"].transpose(1, 2), weights.get(f"{name}.bias")
                 z = torch.bmm(z, W) if b is None else torch.baddbmm(b[:, None, :], z, W)

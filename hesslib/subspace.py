@@ -109,7 +109,7 @@ def subspace_losses(
         )
     thetas = thetas.to(objective.device, objective.dtype)
     T, N, n = thetas.shape[0], objective.num_batches, objective.num_samples
-    restricted = SubspaceLoss(objective, P)  # the first layer's response to P precomputed where that is cheaper
+    restricted = SubspaceLoss(objective, P, evaluations=T)  # the first layer's response to P, where that is cheaper
     budget = memory_mb * 2**20
     element = objective.X.element_size()
     bytes_per_sample = objective.activation_numel * element
@@ -125,15 +125,25 @@ def subspace_losses(
     per_chunk = int(max(1, min(T, budget // (rows * bytes_per_sample))))  # models per vmapped pass
     sums = torch.zeros(T, N, dtype=objective.dtype, device=objective.device)
     batched = vmap(restricted.per_sample_losses, in_dims=(0, None, None))
+    chunks = [slice(start, min(start + per_chunk, T)) for start in range(0, T, per_chunk)]
+    # precomputed features are the costly part of a data part, so parts go outside; otherwise θ chunks do, and the
+    # batched path builds each chunk's weights w* + Pθ once (with D = 256 they read all of P, 275 MB on the MLP)
+    order = ([(part, rows_t) for part in parts for rows_t in chunks] if restricted.precomputed
+             else [(part, rows_t) for rows_t in chunks for part in parts])
+    features = weights = None
     bar = progress_bar(total=T * len(parts), desc="subspace losses", unit="θ·part", enabled=progress)
-    for part in parts:
-        features, y, index = restricted.features(objective.X[part]), objective.y[part], objective.batch_index[part]
-        for start in range(0, T, per_chunk):
-            rows_t = slice(start, min(start + per_chunk, T))
-            per_sample = (restricted.batched_losses(thetas[rows_t], features, y) if restricted.batched
-                          else batched(thetas[rows_t], features, y))  # [c, n_part]
-            sums[rows_t].index_add_(1, index, per_sample)
-            bar.update(rows_t.stop - rows_t.start)
+    for i, (part, rows_t) in enumerate(order):
+        if i == 0 or part != order[i - 1][0]:
+            features = restricted.features(objective.X[part])
+        y, index = objective.y[part], objective.batch_index[part]
+        if restricted.batched:
+            if i == 0 or rows_t != order[i - 1][1]:
+                weights = restricted.tail_weights(restricted.tail_params + thetas[rows_t] @ restricted.tail_P.T)
+            per_sample = restricted.batched_losses(thetas[rows_t], features, y, weights=weights)
+        else:
+            per_sample = batched(thetas[rows_t], features, y)  # [c, n_part]
+        sums[rows_t].index_add_(1, index, per_sample)
+        bar.update(rows_t.stop - rows_t.start)
     bar.close()
     return objective.all_reduce(sums) / objective.batch_counts
 

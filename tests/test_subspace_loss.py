@@ -92,3 +92,21 @@ def test_batched_products_equal_the_vmapped_model(kind, loss, activation):
     expected = torch.stack([obj.per_sample_losses(obj.params + P @ theta, X, y) for theta in thetas])
     torch.testing.assert_close(restricted.batched_losses(thetas, features, y), expected, rtol=1e-12, atol=1e-13)
     assert not SubspaceLoss(*_problem("cnn", D=3)).batched  # convolutions after the first layer: vmap
+
+
+def test_few_thetas_in_many_directions_skip_the_precomputation_and_stay_batched():
+    obj, P = _problem("mlp", D=30)  # fan-in 36: (D + 1)·36 = 1,116 against T·(36 − D) = 6·T multiply-adds
+    assert SubspaceLoss(obj, P).precomputed  # T unknown: D < fan-in decides
+    assert SubspaceLoss(obj, P, evaluations=1000).precomputed
+    few = SubspaceLoss(obj, P, evaluations=100)
+    assert not few.precomputed and few.batched  # the whole MLP, its first Linear layer on the shared input
+    thetas = torch.randn(5, 30, dtype=F64, generator=torch.Generator().manual_seed(3))
+    expected = torch.stack([obj.per_sample_losses(obj.params + P @ theta, obj.X, obj.y) for theta in thetas])
+    torch.testing.assert_close(few.batched_losses(thetas, few.features(obj.X), obj.y), expected, rtol=1e-12,
+                               atol=1e-13)
+    torch.testing.assert_close(subspace_losses(obj, P, thetas), _direct(obj, P, thetas), rtol=1e-12, atol=1e-13)
+    assert not SubspaceLoss(*_problem("cnn", D=3), precompute=False).batched  # convolutions: vmap
+    model = obj.model
+    model[1].bias.requires_grad_(False)  # a frozen bias is not among the weights that move with θ
+    frozen = Objective(model, obj.X, obj.y, batch_size=8, dtype=F64)
+    assert not SubspaceLoss(frozen, torch.eye(frozen.num_params, 30, dtype=F64), evaluations=5).batched
