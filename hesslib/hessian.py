@@ -486,9 +486,10 @@ class SubspaceLoss:
         # the modules run on features(X) and their parameters: the whole model unless the first layer is precomputed
         self.tail, self.tail_blocks = model, objective.parameter_blocks
         self.tail_params, self.tail_P = objective.params, P
-        if not self.precomputed:  # the batched path runs the whole model when a Linear layer takes its input
-            self.batched = (first is not None and type(model[first]) is nn.Linear and not objective._buffers
-                            and all(p.requires_grad for p in model.parameters())
+        # the batched path takes every weight from w* + Pθ: no frozen parameter (it would be dropped), no buffer
+        stateless = not objective._buffers and all(p.requires_grad for p in model.parameters())
+        if not self.precomputed:  # then it runs the whole model, when Flatten modules and a Linear layer come first
+            self.batched = (stateless and first is not None and type(model[first]) is nn.Linear
                             and all(type(m) is nn.Flatten for m in model[:first])
                             and all(type(m) in BATCHED_TAIL for m in model[first:]))
             return
@@ -503,7 +504,7 @@ class SubspaceLoss:
         # the head's parameters at w* and along each column of P, [D + 1, head params], one row per parameter set
         self._head_weights = torch.cat([objective.params[rows][None], P[rows].T])
         self.tail_params, self.tail_P = objective.params[rest], P[rest]
-        self.batched = all(type(module) in BATCHED_TAIL for module in self.tail)
+        self.batched = stateless and all(type(module) in BATCHED_TAIL for module in self.tail)
         self.feature_numel = self.features(objective.X[:1])[0, 0].numel()  # first-layer outputs per sample
 
     def features(self, X: torch.Tensor) -> torch.Tensor:
@@ -522,21 +523,23 @@ class SubspaceLoss:
         """The rows of ``flat`` [c, tail parameters] as the tail's parameter tensors by name, each [c, *shape]."""
         return split_blocks(flat, self.tail_blocks)
 
+    def weights_at(self, thetas: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The tail's parameters at w* + Pθ for each row θ of ``thetas`` [c, D] (or one θ [D]), by name, [c, *shape]."""
+        return self.tail_weights(self.tail_params + thetas @ self.tail_P.T)
+
     @torch.no_grad()
     def batched_losses(self, thetas: torch.Tensor, features: torch.Tensor, y: torch.Tensor, *,
                        weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """ℓ_s(w* + Pθ_t) [c, m] for θ_t the rows of ``thetas`` [c, D], from :meth:`features` (needs ``batched``).
 
-        ``weights``: the tail's parameters at these θ, ``tail_weights(tail_params + thetas @ tail_P.T)``, when the
-        caller keeps them for several data parts (else computed here).
+        ``weights``: :meth:`weights_at` of these θ, when the caller keeps them for several data parts.
         """
         c, m = thetas.shape[0], y.shape[0]
         shared, z = features, None  # the input every θ shares; z [c, m, width] once a Linear layer has run
         if self.precomputed:
             z = torch.addmm(features[0].reshape(1, -1), thetas, features[1:].reshape(thetas.shape[1], -1))
             z = z.view(c, m, features.shape[-1])
-        if weights is None:
-            weights = self.tail_weights(self.tail_params + thetas @ self.tail_P.T)
+        weights = self.weights_at(thetas) if weights is None else weights
         for name, module in self.tail.named_children():
             if z is None:  # the whole model: Flatten modules, then the first Linear layer on the shared input
                 if isinstance(module, nn.Linear):
@@ -563,7 +566,7 @@ class SubspaceLoss:
         if not self.precomputed:
             return self.objective.per_sample_losses(self.objective.params + self.P @ theta, features, y)
         z = features[0] + torch.tensordot(theta, features[1:], dims=1)
-        weights = split_blocks(self.tail_params + self.tail_P @ theta, self.tail_blocks)
+        weights = self.weights_at(theta)
         out = functional_call(self.tail, ({**weights, **self.objective._buffers},), (z,))
         return per_sample_loss(out, y, self.objective.loss)
 

@@ -138,7 +138,7 @@ def subspace_losses(
         y, index = objective.y[part], objective.batch_index[part]
         if restricted.batched:
             if i == 0 or rows_t != order[i - 1][1]:
-                weights = restricted.tail_weights(restricted.tail_params + thetas[rows_t] @ restricted.tail_P.T)
+                weights = restricted.weights_at(thetas[rows_t])
             per_sample = restricted.batched_losses(thetas[rows_t], features, y, weights=weights)
         else:
             per_sample = batched(thetas[rows_t], features, y)  # [c, n_part]

@@ -326,13 +326,13 @@ def test_paper_formula_uses_the_top_eigenvalues_of_every_H_k():
     np.testing.assert_allclose(eigenvalues, lam, rtol=1e-7, atol=1e-12)
     assert isinstance(hvps, float) and hvps >= D  # in full-data products: at least the start's D
     np.testing.assert_allclose(delta_from_eigenvalues(eigenvalues, sigma).delta, expected, rtol=1e-9)
+    P = torch.linalg.eigh(dense[-1])[1][:, -D:]
     # the default tolerance (1e-3 on the residual) gives eigenvalues to about ‖r‖²/gap: ~1e-6 here, not 1e-3
-    default, cheaper = paper_eigenvalues(obj, D)
+    default, cheaper = paper_eigenvalues(obj, D, init=P)
     assert cheaper < hvps
     np.testing.assert_allclose(default, lam, rtol=1e-5)
-    P = torch.linalg.eigh(dense[-1])[1][:, -D:]
-    paper = delta_theory(obj, P, sigma=sigma, formula="paper")
-    np.testing.assert_allclose(paper.delta, expected, rtol=1e-4)
+    paper = delta_theory(obj, P, sigma=sigma, formula="paper")  # the formula of those eigenvalues, started from P
+    np.testing.assert_allclose(paper.delta, delta_from_eigenvalues(default, sigma).delta, rtol=1e-12)
     assert paper.label == "paper's formula" and paper.meta["formula"] == "paper"
     # the fixed-subspace variant uses the eigenvalues of PᵀH_kP instead: today's values, and different ones
     ritz = torch.stack([torch.linalg.eigvalsh(P.T @ H @ P).flip(0) for H in dense]).numpy()

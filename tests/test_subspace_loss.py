@@ -106,7 +106,15 @@ def test_few_thetas_in_many_directions_skip_the_precomputation_and_stay_batched(
                                atol=1e-13)
     torch.testing.assert_close(subspace_losses(obj, P, thetas), _direct(obj, P, thetas), rtol=1e-12, atol=1e-13)
     assert not SubspaceLoss(*_problem("cnn", D=3), precompute=False).batched  # convolutions: vmap
-    model = obj.model
-    model[1].bias.requires_grad_(False)  # a frozen bias is not among the weights that move with θ
-    frozen = Objective(model, obj.X, obj.y, batch_size=8, dtype=F64)
-    assert not SubspaceLoss(frozen, torch.eye(frozen.num_params, 30, dtype=F64), evaluations=5).batched
+
+@pytest.mark.parametrize("evaluations", [5, None])  # the whole model, or after the precomputed first layer
+def test_frozen_parameters_keep_the_batched_path_off(evaluations):
+    obj, _ = _problem("mlp", D=30)
+    obj.model[3].bias.requires_grad_(False)  # not among the weights that move with θ: batched_losses would drop it
+    frozen = Objective(obj.model, obj.X, obj.y, batch_size=8, dtype=F64)
+    P = torch.randn(frozen.num_params, 30, dtype=F64, generator=torch.Generator().manual_seed(4)) / 30
+    restricted = SubspaceLoss(frozen, P, evaluations=evaluations)
+    assert restricted.precomputed is (evaluations is None) and not restricted.batched
+    thetas = torch.randn(evaluations or 3, 30, dtype=F64, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(subspace_losses(frozen, P, thetas), _direct(frozen, P, thetas), rtol=1e-12,
+                               atol=1e-13)
