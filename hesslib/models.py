@@ -3,7 +3,11 @@
 * ``"linear"``: the single-layer MLP, a softmax regression ``in -> classes``;
 * ``"mlp"``: the multi-layer MLP, default ``in-256-256-classes`` with ReLU (269,322 parameters on MNIST, as in
   the original code);
-* ``"cnn"``: a small CNN, two 3x3 conv + ReLU + 2x2 max-pool stages and a linear head.
+* ``"cnn"``: a small CNN, two 3x3 conv + ReLU + 2x2 max-pool stages and a linear head. With ReLU each stage is
+  built as conv, max-pool, ReLU: the same function (the maximum of rectified values is the rectified maximum,
+  exactly) and the same gradients, with the activation on a quarter of the values; it is the same model (same
+  parameters, same initialisation), but hooks on the ReLU modules, e.g. :func:`hesslib.activation_switches`, see
+  pooled pre-activations. Smooth activations, which need not commute with a maximum, come before the pooling.
 
 The MLP's and the CNN's nonlinearity is ReLU, as in the paper; ``activation="gelu"`` or ``"tanh"`` gives the same
 architecture with a smooth one (to tell the kinks of ReLU apart from other causes of non-quadratic losses).
@@ -127,10 +131,13 @@ def make_model(
     layers = []
     in_ch = c
     for out_ch in channels:
-        layers += [Conv2d(in_ch, out_ch, 3, padding=1), act()]
+        stage = [Conv2d(in_ch, out_ch, 3, padding=1), act()]
         if h >= 2 and w >= 2:
-            layers.append(MaxPool2d())
+            # ReLU commutes with max-pooling (relu(max z) = max relu(z), and so do their gradients), so with ReLU
+            # the pooling comes first and the activation runs on a quarter of the values
+            stage.insert(1 if activation == "relu" else 2, MaxPool2d())
             h, w = h // 2, w // 2
+        layers += stage
         in_ch = out_ch
     layers += [nn.Flatten(), nn.Linear(in_ch * h * w, num_classes)]
     return nn.Sequential(*layers)
