@@ -25,8 +25,10 @@ from .operators import check_block, check_vector
 from .progress import progress_bar
 
 # The most MiB of activations (per sample × samples of a chunk × vectors of a block) one pass may hold: small on
-# the CPU, where memory-bound kernels want their data in the caches; on an accelerator, a bound on its memory.
-ACTIVATION_BUDGET_MB = 96.0
+# the CPU, where memory-bound kernels want their data in the caches and each tensor below malloc's 32 MiB mmap
+# threshold (above it, every new tensor is fresh memory from the system: the paper's CNN's products ran 1.9x slower
+# at 96 MiB, 1,603 samples and a 40 MiB tensor per chunk, than at 32 MiB); on an accelerator, a bound on its memory.
+ACTIVATION_BUDGET_MB = 32.0
 ACCELERATOR_ACTIVATION_BUDGET_MB = 2048.0
 # The most MiB of forward and backward passes at w* an Objective keeps for its next explicit product (rop.Primal).
 PRIMAL_CACHE_MB = 512.0
@@ -94,9 +96,9 @@ class Objective:
         parameter_blocks: one :class:`ParameterBlock` per trainable parameter tensor, in w's order.
         batch_index: int64 [n], the 0-based batch of each sample.
         hvp_method: how :meth:`hvp` computes products: ``"explicit"``, Pearlmutter's passes written out as large
-            matrix products (:mod:`hesslib.rop`; chosen for Sequentials of Linear layers and elementwise
-            activations; on the paper's MLP 2.5x faster for one vector, 1.1–1.5x for blocks), or ``"jvp"``, a
-            ``vmap`` of ``jvp`` over
+            matrix products and convolutions (:mod:`hesslib.rop`; chosen for Sequentials of Linear and Conv2d
+            layers, elementwise activations, max-pooling and Flatten; on the paper's MLP 2.5x faster for one
+            vector, 1.1–1.5x for blocks; on its CNN 3.5x and 1.4x), or ``"jvp"``, a ``vmap`` of ``jvp`` over
             ``grad`` (any model). Both are exact; they differ by float rounding. Assign it to choose.
         batch_counts: [N], the number of samples in each batch, in ``dtype``.
         rank, world_size: this process's rank and the number of processes (0 and 1 unless ``distributed``).
@@ -188,7 +190,8 @@ class Objective:
         """The Lanczos block size that is fastest with :attr:`hvp_method` (the eigen-solver's default).
 
         1 for explicit products: with the shared passes kept, one vector costs about what it costs in a block
-        (1.25 gradients per vector against 1.2–1.4 in blocks of 2–16 on the paper's MLP), and a block Krylov space
+        (1.25 gradients per vector against 1.2–1.4 in blocks of 2–16 on the paper's MLP; 1.4 against 1.5 in blocks of
+        4 on its CNN), and a block Krylov space
         needs more products for the same accuracy (top-10 to 1e-4: 27, 34 and 48 products for blocks of 1, 2 and 4).
         2 for ``jvp`` of ``grad``, whose single products carry vmap's fixed cost (top-10 on the MLP 2.6 s against
         3.6 s and 3.4 s for blocks of 1 and 4; on the paper's CNN 15 s against 16 s and 21 s).
@@ -233,12 +236,13 @@ class Objective:
             yield from self._primal_cache[1]
             return
         weights, modules = self.unflatten(self.params), list(self.model)
-        keep = 2 * self.num_samples * self.activation_numel * self.X.element_size() <= PRIMAL_CACHE_MB * 2**20
-        passes = []
+        keep, held, passes = True, 0, []
         for part in self.chunks():
             state = rop.primal(modules, weights, self.X[part], self.y[part], self.sample_weights[part], self.loss)
-            if keep:
-                passes.append((part, state))
+            held += state.nbytes
+            # keep them while all chunks, estimated from those so far, fit (the paper's CNN: 0.36 GB over mnist5k)
+            keep = keep and held * self.num_samples <= PRIMAL_CACHE_MB * 2**20 * (part.stop - self.local_samples.start)
+            passes = passes + [(part, state)] if keep else []
             yield part, state
         self._primal_cache = (key, passes) if keep else None
 

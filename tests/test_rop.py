@@ -61,14 +61,43 @@ def test_explicit_products_with_float_targets_and_at_relu_kinks():
     torch.testing.assert_close(obj.hvp(V), _dense_hessian(obj) @ V, rtol=1e-10, atol=1e-12)
 
 
+def _conv_nets():
+    torch.manual_seed(0)
+    for activation in ("relu", "gelu", "tanh"):  # ReLU after each pooling, the smooth ones before it
+        yield f"{activation} cnn", make_model("cnn", (2, 7, 6), 3, channels=(3, 4), activation=activation)
+    yield "strides, padding, dilation, overlapping and ceil-mode pooling, nn.Conv2d, flatten after linear", (
+        nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.Tanh(), nn.MaxPool2d(2, stride=1),
+                      nn.Conv2d(3, 2, (2, 1), padding=(1, 0), dilation=(2, 1), bias=False), nn.Sigmoid(),
+                      nn.MaxPool2d(2, ceil_mode=True), nn.Flatten(), nn.Linear(4, 5), nn.Flatten(), nn.GELU(),
+                      nn.Linear(5, 3)))
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+@pytest.mark.parametrize("name, model", list(_conv_nets()), ids=[name for name, _ in _conv_nets()])
+def test_explicit_products_of_convolutional_networks_equal_the_dense_hessian(name, model, loss):
+    model = model.to(F64)
+    X = torch.randn(13, 2, 7, 6, dtype=F64, generator=torch.Generator().manual_seed(1))
+    X[:3, :, :3, :3] = 0.0  # windows where a convolution is its bias: ties inside pooling windows
+    y = torch.randint(0, 3, (13,), generator=torch.Generator().manual_seed(2))
+    obj = Objective(model, X, y, batch_size=4, loss=loss, chunk_size=5)
+    assert obj.hvp_method == "explicit"
+    H = _dense_hessian(obj)
+    V = torch.randn(obj.num_params, 3, dtype=F64, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(obj.hvp(V), H @ V, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(obj.hvp(V[:, 1]), H @ V[:, 1], rtol=1e-10, atol=1e-12)
+    obj.hvp_method = "jvp"
+    torch.testing.assert_close(obj.hvp(V), H @ V, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("model", [
-    make_model("cnn", (1, 6, 6), 3, channels=(2,)),
+    nn.Sequential(nn.Conv2d(2, 4, 3, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(64, 2)),
+    nn.Sequential(nn.Conv2d(2, 2, 3, padding="same"), nn.ReLU(), nn.Flatten(), nn.Linear(72, 2)),
+    nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(2, 2, 1), nn.Flatten(), nn.Linear(18, 2)),
     nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.GELU(approximate="tanh"), nn.Linear(3, 2)),
     nn.Sequential(nn.Flatten(), nn.ReLU(), nn.Linear(4, 2)),
-    nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Flatten(), nn.Linear(3, 2)),
-], ids=["cnn", "tanh-gelu", "activation first", "flatten after linear"])
+], ids=["grouped convolution", "padding 'same'", "pooling first", "tanh-gelu", "activation first"])
 def test_other_models_fall_back_to_jvp_of_grad(model):
-    shape = (1, 6, 6) if isinstance(model[0], nn.Conv2d) else (1, 2, 2)
+    shape = (1, 2, 2) if isinstance(model[0], nn.Flatten) else (2, 6, 6)
     obj = Objective(model.to(F64), torch.randn(6, *shape, dtype=F64), torch.randint(0, 2, (6,)), batch_size=3)
     assert obj.hvp_method == "jvp"
     V = torch.randn(obj.num_params, 2, dtype=F64)
@@ -108,4 +137,20 @@ def test_kept_primal_passes_follow_the_parameters():
     obj.params = obj.params + 0.3 * torch.randn(obj.num_params, dtype=F64)  # a new w*: the passes are redone
     torch.testing.assert_close(obj.hvp(V), _dense_hessian(obj) @ V, rtol=1e-10, atol=1e-12)
     obj.params.mul_(0.5)  # changed in place: redone as well
+    torch.testing.assert_close(obj.hvp(V), _dense_hessian(obj) @ V, rtol=1e-10, atol=1e-12)
+
+
+def test_primal_passes_too_large_to_keep_are_redone(monkeypatch):
+    import hesslib.hessian
+
+    model = make_model("cnn", (1, 6, 6), 3, channels=(2,), seed=0).to(F64)
+    X, y = torch.randn(20, 1, 6, 6, dtype=F64), torch.randint(0, 3, (20,))
+    obj = Objective(model, X, y, batch_size=6, chunk_size=7)
+    V = torch.randn(obj.num_params, 2, dtype=F64)
+    kept = obj.hvp(V)
+    assert obj._primal_cache is not None and len(obj._primal_cache[1]) == len(obj.chunks()) == 2  # 16 + 4 samples
+    monkeypatch.setattr(hesslib.hessian, "PRIMAL_CACHE_MB", 0.0)
+    obj.params = obj.params.clone()  # a new w*: its passes exceed the (empty) budget, so none are kept
+    torch.testing.assert_close(obj.hvp(V), kept, rtol=1e-12, atol=1e-14)
+    assert obj._primal_cache is None
     torch.testing.assert_close(obj.hvp(V), _dense_hessian(obj) @ V, rtol=1e-10, atol=1e-12)
