@@ -670,8 +670,17 @@ def _run(todo: list[Path], declared: dict[Path, dict], params: dict, *, root: Pa
             stack.callback(pool.shutdown, wait=True, cancel_futures=True)
             futures = [pool.submit(_run_in_worker, nb, out_dir, params) for nb in todo]
             print(f"running {len(todo)} notebooks, {jobs} at a time (their kernels' messages in {log})", flush=True)
+        # each notebook's HTML render (about 1 s of nbconvert) runs in a thread while the next notebook executes
+        from concurrent.futures import ThreadPoolExecutor
+
+        renderer = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="html"))
+        renders: list = []
         figures_dir = _install_in_order(todo, futures, declared, params, root=root, out_dir=out_dir,
-                                        rendered=rendered, commit=commit, progress=progress)
+                                        rendered=rendered, commit=commit, progress=progress,
+                                        render=lambda executed: renders.append(
+                                            renderer.submit(render_html, executed, out_dir)))
+        for done in renders:
+            done.result()  # an error in a render is the run's error
     if figures_dir is None:
         return 1
     results_file = figures_dir / "RESULTS.json"
@@ -683,8 +692,11 @@ def _run(todo: list[Path], declared: dict[Path, dict], params: dict, *, root: Pa
 
 
 def _install_in_order(todo: list[Path], futures: list | None, declared: dict[Path, dict], params: dict, *,
-                      root: Path, out_dir: Path, rendered: Path | None, commit: str, progress: bool) -> Path | None:
+                      root: Path, out_dir: Path, rendered: Path | None, commit: str, progress: bool,
+                      render=None) -> Path | None:
     """Run (``futures`` None) or collect each notebook in turn and install its outputs.
+
+    ``render(executed)`` writes the HTML of an executed notebook (default: :func:`render_html` at once).
 
     Returns the figures folder of the last one, or None after a failure (reported in one line).
     """
@@ -709,7 +721,10 @@ def _install_in_order(todo: list[Path], futures: list | None, declared: dict[Pat
             install_figures(figures)
             shutil.rmtree(out_dir / ".staging" / nb.stem, ignore_errors=True)
         used = declared[nb] | {k: v for k, v in params.items() if k in declared[nb]}
-        render_html(executed, out_dir)
+        if render is None:
+            render_html(executed, out_dir)
+        else:
+            render(executed)
         if rendered is not None:
             write_rendered(executed, rendered)
         by_folder: dict[Path, list[dict]] = {}

@@ -165,3 +165,58 @@ def test_figure_helpers_draw():
     label_log_ticks(ax, [1, 2, 3])
     assert [t.get_text() for t in ax.xaxis.get_ticklabels()] == ["1", "2", "3"]
     plt.close("all")
+
+
+def _figure_with_a_legend_outside():
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.plot([1, 2], [1, 2], label="a long legend entry, as notebook 06's online figure has (10 Adam steps per batch)")
+    ax.set_title(r"$\Delta_k$ and a title")
+    fig.legend(loc="lower center", bbox_to_anchor=(0.5, -0.12))
+    fig.tight_layout()
+    return fig
+
+
+def test_saved_figures_are_cropped_as_bbox_inches_tight(tmp_path, monkeypatch):
+    import io
+
+    from PIL import Image
+
+    from hesslib.plots import save_figure, set_style
+
+    monkeypatch.delenv("HESSLIB_FIGURE_STAGING", raising=False)
+    monkeypatch.delenv("HESSLIB_FIGURE_LOG", raising=False)
+    set_style()
+    fig = _figure_with_a_legend_outside()
+    reference = io.BytesIO()
+    fig.savefig(reference, format="png", bbox_inches="tight")
+    pdf, png = save_figure(fig, "legend", tmp_path)
+    assert Image.open(png).size == Image.open(reference).size  # measured at savefig.dpi, not the screen's
+    assert fig.dpi == plt.rcParams["figure.dpi"] and pdf.read_bytes().startswith(b"%PDF")
+    plt.close("all")
+
+
+def test_save_and_show_shows_the_saved_png_at_the_inline_resolution(tmp_path, monkeypatch):
+    import base64
+    import io
+
+    from PIL import Image
+
+    import hesslib.plots as plots
+
+    monkeypatch.delenv("HESSLIB_FIGURE_STAGING", raising=False)
+    monkeypatch.delenv("HESSLIB_FIGURE_LOG", raising=False)
+    plots.set_style()
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda bundle, raw: shown.append(bundle))
+    fig = _figure_with_a_legend_outside()
+    assert not plots._inline_backend()  # a script: plt.show(), nothing displayed here
+    plots.save_and_show(fig, "script", tmp_path)
+    assert shown == [] and plt.fignum_exists(fig.number)
+    monkeypatch.setattr(plots, "_inline_backend", lambda: True)  # as in a papermill kernel
+    plots.save_and_show(fig, "inline", tmp_path)
+    assert len(shown) == 1 and not plt.fignum_exists(fig.number)  # shown once, then closed
+    saved, inline = Image.open(tmp_path / "inline.png"), Image.open(io.BytesIO(base64.b64decode(shown[0]["image/png"])))
+    assert shown[0]["text/plain"] == f"<Figure inline, {inline.width}x{inline.height} px>"
+    scale = plt.rcParams["figure.dpi"] / plt.rcParams["savefig.dpi"]
+    assert inline.size == (round(saved.width * scale), round(saved.height * scale))
+    plt.close("all")
