@@ -237,11 +237,12 @@ class Objective:
             return
         weights, modules = self.unflatten(self.params), list(self.model)
         keep, held, passes = True, 0, []
+        first, last = self.local_samples.start, self.local_samples.stop
         for part in self.chunks():
             state = rop.primal(modules, weights, self.X[part], self.y[part], self.sample_weights[part], self.loss)
             held += state.nbytes
             # keep them while all chunks, estimated from those so far, fit (the paper's CNN: 0.36 GB over mnist5k)
-            keep = keep and held * self.num_samples <= PRIMAL_CACHE_MB * 2**20 * (part.stop - self.local_samples.start)
+            keep = keep and held * (last - first) <= PRIMAL_CACHE_MB * 2**20 * (part.stop - first)
             passes = passes + [(part, state)] if keep else []
             yield part, state
         self._primal_cache = (key, passes) if keep else None

@@ -36,7 +36,12 @@ def results(distributed: bool) -> dict:
     curvature = hesslib.projected_hessians(obj, P)
     higher = hesslib.projected_higher_derivatives(obj, P)
     eig = hesslib.top_eigenpairs(obj, 3, tol=1e-8)
+    cnn = make_model("cnn", obj.X.shape[1:], channels=(2,), seed=0).double()  # explicit conv products, kept passes
+    conv = Objective(cnn, obj.X, obj.y, batch_size=BATCH, dtype=torch.float64, distributed=distributed, chunk_size=16)
+    W = torch.randn(conv.num_params, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    assert conv.hvp_method == "explicit"
     return {
+        "cnn_hvp": conv.hvp(W.to(conv.device)), "cnn_hvp_kept": conv.hvp(W.to(conv.device)),
         "local_batches": (obj.local_batches.start, obj.local_batches.stop),
         "batch_losses": obj.batch_losses(), "value": obj.value(), "gradient": obj.gradient(), "hvp": obj.hvp(V),
         "curvature_losses": curvature.losses, "curvature_grads": curvature.grads,
