@@ -53,9 +53,10 @@ class Conv2d(nn.Conv2d):
     output differs, and the ReLU and max-pooling after it keep that layout. On the paper's CNN (1 -> 8 -> 16
     channels, 28x28) the first convolution's forward and backward take 8.5 ms instead of 52 ms per 1,000
     images, the 2x2 max-pooling's 7.8 ms instead of 24 ms, and the whole gradient over mnist5k 0.20 s instead of
-    0.33 s (2 threads). Inside ``vmap`` (vmapped products, Monte Carlo over θ), where a batched tensor's memory
-    format cannot be chosen, it is ``nn.Conv2d`` (an input alone in channels-last made vmapped products 25 %
-    slower).
+    0.33 s (2 threads). Inside ``vmap`` (``jvp`` of ``grad`` products vmapped over a block, Monte Carlo over several
+    θ per pass), where a batched tensor's memory format cannot be chosen, it is ``nn.Conv2d`` (an input alone in
+    channels-last made vmapped products 25 % slower); hesslib's explicit products (:mod:`hesslib.rop`) and its
+    one-θ Monte Carlo passes run outside ``vmap``, in channels-last.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
