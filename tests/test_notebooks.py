@@ -3,8 +3,9 @@ executed notebook, HTML and figures, and the manifest describes the figures exac
 across runs; committed notebooks are clean and parametrisable; a bad parameter fails before any work; a killed run
 leaves no partial output and the next run gives the same files.
 
-The notebooks run ONCE per session (module-scoped fixture, about a minute on 2 cores: most of it is papermill's
-kernel start-up, several seconds per notebook) and every check below reads that run.
+The notebooks run ONCE per session (module-scoped fixture, two single-threaded kernels at a time: about a minute
+on 2 cores, 95 s one at a time; most of it is kernel start-up, imports and figures, several seconds per notebook)
+and every check below reads that run.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def environment():
 def paper_run(environment, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("paper")
     figures, cache = tmp / "figures", tmp / "cache"
-    rc = _main(tmp, figures, cache)
+    rc = _main(tmp, figures, cache, "--jobs", "2")  # single-threaded kernels, two at a time (as `make paper JOBS=2`)
     return {"rc": rc, "build": tmp / "build", "figures": figures, "cache": cache, "rendered": tmp / "rendered"}
 
 
