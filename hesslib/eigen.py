@@ -87,7 +87,10 @@ def top_eigenpairs(
     """Top-``d`` eigenpairs of the operator's H to relative residual ``tol``.
 
     Stops when ‖H v − λ v‖ / |λ| < ``tol`` for all ``d`` pairs, or when the product budget runs out (then
-    ``converged`` is False and the best estimates are returned; no error is raised).
+    ``converged`` is False and the best estimates are returned; no error is raised). Like every Krylov method,
+    Lanczos sees an exactly repeated eigenvalue only as often as its block size (plus what rounding adds): with
+    eigenvalues 5, 5, 5, 4, ... and blocks of 1 it may return 5, 5, 4, ... as converged, each a true eigenpair.
+    Use ``block_size`` ≥ the multiplicity where exact multiplicities are expected.
 
     Args:
         operator: any :class:`~hesslib.operators.Operator` (an :class:`~hesslib.hessian.Objective`, a
@@ -228,11 +231,19 @@ def _block_lanczos(op, d, b, m_max, tol, max_hvps, generator, init, progress) ->
         coefficients = Q[:m] @ W.T  # [m, r]: the new columns of T = QᵀHQ
         T[:m, m - r:m] = coefficients.double()
         T[m - r:m, :m - r] = T[:m - r, m - r:m].T
-        Z = W - coefficients.T @ Q[:m]  # the part of H F outside the basis, then a second pass for stability
-        Z = Z - (Z @ Q[:m].T) @ Q[:m]
+        Z1 = W - coefficients.T @ Q[:m]  # the part of H F outside the basis, then a second pass for stability
+        Z = Z1 - (Z1 @ Q[:m].T) @ Q[:m]
         S_next = torch.zeros(r, m, dtype=torch.float64, device=device)
         if m < M:
-            F = _orthonormalize(Z.T, Q[:m].T, op, generator).T[: min(r, M - m)].contiguous()
+            # a single vector that kept at least half its norm in the second pass is orthogonal to the basis to
+            # working precision (the Daniel-Gragg-Kaufman-Stewart criterion), so it is only normalised; otherwise
+            # (and for blocks) two more passes, with random vectors for lost ones. Every pass reads the whole basis:
+            # on the paper's MLP at d = 32 the two passes saved take a third of the time of a product.
+            norm = Z.norm() if r == 1 else None
+            if norm is not None and 0 < norm and 2 * norm >= Z1.norm():
+                F = Z / norm
+            else:
+                F = _orthonormalize(Z.T, Q[:m].T, op, generator).T[: min(r, M - m)].contiguous()
             S_next[: F.shape[0], m - r:] = (F @ Z.T).double()  # Z = Fᵀ S on the new block's columns
         S = S_next
         theta, Y = torch.linalg.eigh(0.5 * (T[:m, :m] + T[:m, :m].T))
@@ -242,7 +253,7 @@ def _block_lanczos(op, d, b, m_max, tol, max_hvps, generator, init, progress) ->
         worst = ((S @ Y[:, :d]).norm(dim=0) / scale).max().item() if m < M else 0.0
         bar.set_postfix(residual=f"{worst:.1e}")
         out_of_budget = hvps + F.shape[0] > max_hvps
-        if worst < tol or m == M or out_of_budget:
+        if (worst < tol and m >= d) or m == M or out_of_budget:  # fewer than d Ritz pairs are not an answer
             Yd = Y[:, :d].to(dtype)
             U, HU = Yd.T @ Q[:m], Yd.T @ HQ[:m]  # [d, M]
             residuals = (HU - theta[:d, None].to(dtype) * U).norm(dim=1).double() / scale
@@ -251,7 +262,10 @@ def _block_lanczos(op, d, b, m_max, tol, max_hvps, generator, init, progress) ->
                 bar.close()
                 return EigenResult(theta[:d].to(dtype), U.T.contiguous(), residuals.to(dtype), hvps, done, "lanczos")
         if m + F.shape[0] > m_max:  # thick restart: keep the best Ritz vectors and their products
-            keep = max(d, min(m - b, m_max - 2 * b))
+            # d and half of the rest: a restart costs two [keep, m] x [m, M] products, and keeping m_max − 2b
+            # vectors restarted every other step (top-32 of a seed of the paper's MLP: 130 products in 13.7 s
+            # against 131 in 17.0 s)
+            keep = max(d, min(m - b, d + (m_max - d) // 2))
             Yk = Y[:, :keep].to(dtype)
             Q[:keep], HQ[:keep] = Yk.T @ Q[:m], Yk.T @ HQ[:m]
             T[:keep, :keep] = torch.diag(theta[:keep])
