@@ -20,6 +20,17 @@ def _dense_hessian(obj: Objective) -> torch.Tensor:
     return sum(hessian(batch_loss(i))(obj.params) for i in range(obj.num_batches)) / obj.num_batches
 
 
+def _both_formulations_equal_the_dense_hessian(obj: Objective) -> None:
+    """The explicit products (a block and one vector) and the vmapped jvp of grad against torch.func.hessian."""
+    assert obj.hvp_method == "explicit"
+    H = _dense_hessian(obj)
+    V = torch.randn(obj.num_params, 3, dtype=F64, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(obj.hvp(V), H @ V, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(obj.hvp(V[:, 1]), H @ V[:, 1], rtol=1e-10, atol=1e-12)
+    obj.hvp_method = "jvp"
+    torch.testing.assert_close(obj.hvp(V), H @ V, rtol=1e-10, atol=1e-12)
+
+
 def _models():
     torch.manual_seed(0)
     yield "relu mlp", make_model("mlp", (1, 3, 3), 4, hidden=(6, 5))
@@ -38,13 +49,7 @@ def test_explicit_products_equal_the_dense_hessian(name, model, loss):
     X = torch.randn(29, 1, 3, 3, dtype=F64, generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, 4, (29,), generator=torch.Generator().manual_seed(2))
     obj = Objective(model, X, y, batch_size=8, loss=loss, chunk_size=11)  # a short last batch, chunks across batches
-    assert obj.hvp_method == "explicit"
-    H = _dense_hessian(obj)
-    V = torch.randn(obj.num_params, 3, dtype=F64, generator=torch.Generator().manual_seed(3))
-    torch.testing.assert_close(obj.hvp(V), H @ V, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(obj.hvp(V[:, 1]), H @ V[:, 1], rtol=1e-10, atol=1e-12)
-    obj.hvp_method = "jvp"
-    torch.testing.assert_close(obj.hvp(V), H @ V, rtol=1e-10, atol=1e-12)
+    _both_formulations_equal_the_dense_hessian(obj)
 
 
 def test_explicit_products_with_float_targets_and_at_relu_kinks():
@@ -80,13 +85,7 @@ def test_explicit_products_of_convolutional_networks_equal_the_dense_hessian(nam
     X[:3, :, :3, :3] = 0.0  # windows where a convolution is its bias: ties inside pooling windows
     y = torch.randint(0, 3, (13,), generator=torch.Generator().manual_seed(2))
     obj = Objective(model, X, y, batch_size=4, loss=loss, chunk_size=5)
-    assert obj.hvp_method == "explicit"
-    H = _dense_hessian(obj)
-    V = torch.randn(obj.num_params, 3, dtype=F64, generator=torch.Generator().manual_seed(3))
-    torch.testing.assert_close(obj.hvp(V), H @ V, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(obj.hvp(V[:, 1]), H @ V[:, 1], rtol=1e-10, atol=1e-12)
-    obj.hvp_method = "jvp"
-    torch.testing.assert_close(obj.hvp(V), H @ V, rtol=1e-10, atol=1e-12)
+    _both_formulations_equal_the_dense_hessian(obj)
 
 
 @pytest.mark.parametrize("model", [
