@@ -98,7 +98,7 @@ class Objective:
         hvp_method: how :meth:`hvp` computes products: ``"explicit"``, Pearlmutter's passes written out as large
             matrix products and convolutions (:mod:`hesslib.rop`; chosen for Sequentials of Linear and Conv2d
             layers, elementwise activations, max-pooling and Flatten; on the paper's MLP 2.5x faster for one
-            vector, 1.1–1.5x for blocks; on its CNN 3.5x and 1.4x), or ``"jvp"``, a ``vmap`` of ``jvp`` over
+            vector, 1.1–1.5x for blocks; on its CNN 3.2–3.5x and 1.4x), or ``"jvp"``, a ``vmap`` of ``jvp`` over
             ``grad`` (any model). Both are exact; they differ by float rounding. Assign it to choose.
         batch_counts: [N], the number of samples in each batch, in ``dtype``.
         rank, world_size: this process's rank and the number of processes (0 and 1 unless ``distributed``).
@@ -190,8 +190,8 @@ class Objective:
         """The Lanczos block size that is fastest with :attr:`hvp_method` (the eigen-solver's default).
 
         1 for explicit products: with the shared passes kept, one vector costs about what it costs in a block
-        (1.25 gradients per vector against 1.2–1.4 in blocks of 2–16 on the paper's MLP; 1.4 against 1.5 in blocks of
-        4 on its CNN), and a block Krylov space
+        (1.25 gradients per vector against 1.2–1.4 in blocks of 2–16 on the paper's MLP; 1.7–1.9 against 1.5–1.9 in
+        blocks of 4 on its CNN), and a block Krylov space
         needs more products for the same accuracy (top-10 to 1e-4: 27, 34 and 48 products for blocks of 1, 2 and 4).
         2 for ``jvp`` of ``grad``, whose single products carry vmap's fixed cost (top-10 on the MLP 2.6 s against
         3.6 s and 3.4 s for blocks of 1 and 4; on the paper's CNN 15 s against 16 s and 21 s).
@@ -243,7 +243,10 @@ class Objective:
             held += state.nbytes
             # keep them while all chunks, estimated from those so far, fit (the paper's CNN: 0.36 GB over mnist5k)
             keep = keep and held * (last - first) <= PRIMAL_CACHE_MB * 2**20 * (part.stop - first)
-            passes = passes + [(part, state)] if keep else []
+            if keep:
+                passes.append((part, state))
+            else:
+                passes.clear()  # nothing is kept: let the passes so far go
             yield part, state
         self._primal_cache = (key, passes) if keep else None
 
