@@ -84,11 +84,10 @@ def save_and_show(fig: plt.Figure, name: str, folder: str | Path = "figures") ->
     from IPython.display import display
     from PIL import Image
 
-    png = Image.open(written[1])
     scale = _inline_scale()
-    if scale != 1.0:
-        png = png.resize((max(1, round(png.width * scale)), max(1, round(png.height * scale))),
-                         Image.Resampling.LANCZOS)
+    with Image.open(written[1]) as saved:
+        png = saved.copy() if scale == 1.0 else saved.resize(
+            (max(1, round(saved.width * scale)), max(1, round(saved.height * scale))), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     png.save(buffer, format="png")
     display({"image/png": base64.b64encode(buffer.getvalue()).decode("ascii"),
