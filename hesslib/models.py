@@ -61,13 +61,16 @@ class Conv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution of x [n, C, H, W] (or [C, H, W]) with this layer's weight and bias."""
-        if x.dim() != 4:
-            return super().forward(x)
-        try:  # both or neither: inside vmap a batched input or weight cannot change its memory format
-            x, weight = x.to(memory_format=torch.channels_last), self.weight.to(memory_format=torch.channels_last)
-        except RuntimeError:  # e.g. "NYI: Tensor.clone(memory_format) inside vmap": keep vmap's own layout
-            return super().forward(x)
-        return self._conv_forward(x, weight, self.bias)
+        return self.convolve(x, self.weight, self.bias)
+
+    def convolve(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """This layer's convolution (stride, padding, dilation) of x with ``weight`` and ``bias``, channels-last."""
+        if x.dim() == 4:
+            try:  # both or neither: inside vmap a batched input or weight cannot change its memory format
+                x, weight = x.to(memory_format=torch.channels_last), weight.to(memory_format=torch.channels_last)
+            except RuntimeError:  # e.g. "NYI: Tensor.clone(memory_format) inside vmap": keep vmap's own layout
+                pass
+        return self._conv_forward(x, weight, bias)
 
 
 def make_model(

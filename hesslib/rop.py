@@ -94,9 +94,9 @@ def _derivatives(module: nn.Module, z: torch.Tensor, second: bool) -> tuple[torc
 
 
 def _conv(module: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``module``'s convolution of x with another weight and bias, in hesslib's Conv2d's channels-last layout."""
+    """``module``'s convolution of x with another weight and bias (in hesslib's Conv2d's channels-last layout)."""
     if isinstance(module, Conv2d):
-        x, weight = x.to(memory_format=torch.channels_last), weight.to(memory_format=torch.channels_last)
+        return module.convolve(x, weight, bias)
     return F.conv2d(x, weight, bias, module.stride, module.padding, module.dilation)
 
 

@@ -123,11 +123,13 @@ def subspace_losses(
     local = objective.local_samples  # all n, or this rank's batches: the matrix is split over batches
     parts = [slice(s, min(s + rows, local.stop)) for s in range(local.start, local.stop, rows)]
     per_chunk = int(max(1, min(T, budget // (rows * bytes_per_sample))))  # models per vmapped pass
-    # one θ per pass runs without vmap: a batched tensor cannot take the channels-last layout of hesslib's Conv2d
-    # (the paper's CNN: 0.073 s per θ over mnist5k instead of 0.108 s with a vmap over one θ, best of 3)
-    unbatched = not restricted.batched and per_chunk == 1
     sums = torch.zeros(T, N, dtype=objective.dtype, device=objective.device)
-    batched = vmap(restricted.per_sample_losses, in_dims=(0, None, None))
+    if per_chunk == 1:  # one θ per pass runs without vmap: a batched tensor cannot take the channels-last layout of
+        # hesslib's Conv2d (the paper's CNN: 0.073 s per θ over mnist5k instead of 0.108 s with a vmap, best of 3)
+        def losses_of_chunk(chunk: torch.Tensor, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return restricted.per_sample_losses(chunk[0], features, y)[None]
+    else:
+        losses_of_chunk = vmap(restricted.per_sample_losses, in_dims=(0, None, None))
     chunks = [slice(start, min(start + per_chunk, T)) for start in range(0, T, per_chunk)]
     # precomputed features are the costly part of a data part, so parts go outside; otherwise θ chunks do, and the
     # batched path builds each chunk's weights w* + Pθ once (with D = 256 they read all of P, 275 MB on the MLP)
@@ -143,10 +145,8 @@ def subspace_losses(
             if i == 0 or rows_t != order[i - 1][1]:
                 weights = restricted.weights_at(thetas[rows_t])
             per_sample = restricted.batched_losses(thetas[rows_t], features, y, weights=weights)
-        elif unbatched:
-            per_sample = restricted.per_sample_losses(thetas[rows_t.start], features, y)[None]  # [1, n_part]
         else:
-            per_sample = batched(thetas[rows_t], features, y)  # [c, n_part]
+            per_sample = losses_of_chunk(thetas[rows_t], features, y)  # [c, n_part]
         sums[rows_t].index_add_(1, index, per_sample)
         bar.update(rows_t.stop - rows_t.start)
     bar.close()
