@@ -1,6 +1,7 @@
 """Markdown tables of the benchmarks' JSON results, written into benchmarks/README.md between markers.
 
-Each ``benchmarks/results/<bench>.json`` that exists becomes a table placed between
+Each ``benchmarks/results/<bench>.json`` that exists (and ``<bench>_<device>.json``, a run on another device)
+becomes a table placed between
 ``<!-- <bench>:begin -->`` and ``<!-- <bench>:end -->`` in the README (the rest of the README is kept).
 Run after the benchmarks: ``python benchmarks/report.py`` (``--print`` shows the tables without writing).
 """
@@ -18,8 +19,9 @@ README = HERE / "README.md"
 
 def _machine(data: dict) -> str:
     m = data.get("machine", {})
-    return (f"*{m.get('cpu', '?')}, {m.get('cpu_count', '?')} cores, {m.get('torch_threads', '?')} torch threads, "
-            f"torch {m.get('torch', '?')}, Python {m.get('python', '?')}*")
+    on = f"{m['device']} (host: " if m.get("device", "cpu") != "cpu" else ""
+    return (f"*{on}{m.get('cpu', '?')}, {m.get('cpu_count', '?')} cores, {m.get('torch_threads', '?')} torch threads"
+            f"{')' if on else ''}, torch {m.get('torch', '?')}, Python {m.get('python', '?')}*")
 
 
 def models_table(data: dict) -> str:
@@ -93,9 +95,10 @@ def main() -> None:
     parser.add_argument("--print", action="store_true", help="print the tables instead of writing the README")
     args = parser.parse_args()
     text = README.read_text()
-    for name, render in TABLES.items():
-        path = HERE / "results" / f"{name}.json"
-        if not path.exists():
+    for path in sorted((HERE / "results").glob("*.json")):
+        name = path.stem  # bench_models, or bench_models_cuda for its run on another device
+        render = next((TABLES[key] for key in TABLES if name == key or name.startswith(f"{key}_")), None)
+        if render is None:
             continue
         table = render(json.loads(path.read_text()))
         if args.print:

@@ -65,6 +65,13 @@ def test_subspace_losses_equal_the_definition(kind, memory_mb):
                                rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("memory_mb", [0.0, -1.0, float("nan")])
+def test_subspace_losses_reject_a_budget_that_is_not_positive(memory_mb):
+    obj, P = _problem("mlp", D=2)
+    with pytest.raises(ValueError, match=r"memory_mb must be > 0 \(MiB\)"):
+        subspace_losses(obj, P, torch.zeros(3, 2, dtype=F64), memory_mb=memory_mb)
+
+
 def test_higher_derivatives_do_not_depend_on_the_precomputation(monkeypatch):
     obj, P = _problem("mlp", D=2)  # ReLU: third and fourth derivatives come from the output layer's softmax
     fast = projected_higher_derivatives(obj, P, samples_per_step=10, pairs_per_step=3)
