@@ -61,6 +61,10 @@ class Experiment:
     orthonormalised: unit steps, comparable with eigenvectors), drawn with ``direction_seed``; Monte Carlo θ are
     drawn with ``mc_seed``, independently of the directions.
 
+    Everything the methods return lives on the CPU, whatever ``device`` is and whether it was computed or read
+    from the cache, except :meth:`eigenpairs` and :meth:`basis`: those are inputs of later products and live on the
+    objective's device (move their eigenvalues with ``.cpu()`` before NumPy or matplotlib reads them).
+
     Args:
         dataset: a name accepted by :func:`~hesslib.data.load_dataset`.
         limit: use the first ``limit`` samples of the fixed order (None: all).
@@ -180,11 +184,12 @@ class Experiment:
     def _cached(self, namespace: str, extra: dict, compute, *, on_device: bool = False):
         """``compute()`` memoised under ``namespace``, keyed by :attr:`config` plus ``extra``.
 
-        With ``on_device`` the tensors of a value read back from the cache (stored on the CPU) are moved to the
-        objective's device, where the computed value lives (eigenvectors, curvature: inputs of later products).
+        A value's tensors are returned on the CPU, or with ``on_device`` on the objective's device (eigenvectors:
+        inputs of later products), the same whether it was just computed or read back from the cache (stored on
+        the CPU).
         """
         value = cached(namespace, {**self.config, **extra}, compute, cache_dir=self.cache_dir)
-        return _to_device(value, self.objective.device) if on_device else value
+        return _to_device(value, self.objective.device if on_device else torch.device("cpu"))
 
     def _subspace_key(self, directions: Directions, D: int, direction_seed: int) -> dict:
         """What identifies P: the family, D, and the seed of random directions (Hessian ones have none)."""
@@ -209,7 +214,8 @@ class Experiment:
             solver_seed: seeds the solver's random start.
 
         Returns:
-            An :class:`~hesslib.eigen.EigenResult`: eigenvalues [d] descending, eigenvectors [M, d].
+            An :class:`~hesslib.eigen.EigenResult`: eigenvalues [d] descending, eigenvectors [M, d], on the
+            objective's device.
 
         Raises:
             ValueError: as :func:`~hesslib.eigen.top_eigenpairs`.
@@ -329,15 +335,15 @@ class Experiment:
             direction_seed: seeds random directions.
 
         Returns:
-            A :class:`~hesslib.hessian.ProjectedCurvature` with losses [N], grads [N, D], hessians [N, D, D].
+            A :class:`~hesslib.hessian.ProjectedCurvature` with losses [N], grads [N, D], hessians [N, D, D], on
+            the CPU.
 
         Raises:
             ValueError: if ``directions`` is unknown or ``D`` is out of range.
         """
         return self._cached("curvature", self._subspace_key(directions, D, direction_seed),
                             lambda: projected_hessians(self.objective,
-                                                       self.basis(directions, D, direction_seed=direction_seed)),
-                            on_device=True)
+                                                       self.basis(directions, D, direction_seed=direction_seed)))
 
     def online_stopping(self, *, seed: int, **settings: Any) -> OnlineResult:
         """The online rule (:func:`~hesslib.stopping.run_online_stopping`) on this data and model family, cached.
@@ -368,8 +374,8 @@ class Experiment:
             direction_seed: seeds random directions.
 
         Returns:
-            A dict with ``higher`` (a :class:`~hesslib.hessian.HigherDerivatives`) and ``seconds`` (the wall time
-            of the pass when it was computed), cached.
+            A dict with ``higher`` (a :class:`~hesslib.hessian.HigherDerivatives`, on the CPU) and ``seconds`` (the
+            wall time of the pass when it was computed), cached.
         """
         def compute() -> dict:
             start = time.perf_counter()
@@ -378,7 +384,7 @@ class Experiment:
             return dict(higher=higher, seconds=time.perf_counter() - start)
 
         key = dict(self._subspace_key(directions, D, direction_seed), method=default_higher_method(self.objective))
-        return self._cached("higher-derivatives", key, compute, on_device=True)
+        return self._cached("higher-derivatives", key, compute)
 
     def paper_eigenvalues(self, D: int, *, tol: float = EIGENVALUE_TOL) -> dict:
         """The top-D eigenvalues of every H_k (:func:`~hesslib.estimators.paper_eigenvalues`), cached.
@@ -531,6 +537,8 @@ def _to_device(value: Any, device: torch.device) -> Any:
         return replace(value, **{f.name: _to_device(getattr(value, f.name), device) for f in fields(value) if f.init})
     if isinstance(value, dict):
         return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a NamedTuple takes its fields one by one
+        return type(value)(*(_to_device(v, device) for v in value))
     if isinstance(value, list | tuple):
         return type(value)(_to_device(v, device) for v in value)
     return value

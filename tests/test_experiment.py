@@ -167,3 +167,37 @@ def test_cached_values_are_moved_to_the_objective_device():
                        torch.device("meta"))
     assert moved["eig"].eigenvectors.is_meta and moved["eig"].num_hvps == 7 and moved["eig"].method == "lanczos"
     assert all(t.is_meta for t in (moved["parts"][0].hessians, moved["higher"].third)) and moved["seconds"] == 1.5
+    from hesslib.hessian import ParameterBlock
+
+    block = _to_device((ParameterBlock("w", (2, 2), slice(0, 4)), torch.ones(1)), torch.device("meta"))  # NamedTuple
+    assert type(block[0]) is ParameterBlock and block[0].slice == slice(0, 4) and block[1].is_meta
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_results_are_on_the_cpu_except_eigenpairs_and_bases(device, tmp_path):
+    """What a notebook reads with NumPy or matplotlib must be on the CPU, computed (cold) or cached (warm)."""
+    for run in ("cold", "warm"):
+        exp = Experiment(**TINY, device=device, cache_dir=tmp_path)
+        on = exp.objective.device.type
+        assert exp.eigenpairs(2).eigenvectors.device.type == on and exp.basis("random", 2).device.type == on, run
+        values = [exp.curvature("hessian", 2), exp.higher_derivatives("hessian", 2)["higher"],
+                  exp.loss_matrix("hessian", 2, sigma=0.5, samples=4), exp.paper_eigenvalues(2)["eigenvalues"],
+                  exp.slices("hessian", 2, extent=0.5, points=2),
+                  exp.activation_switches("hessian", 2, sigma=0.5, samples=2)[1],
+                  exp.surface("hessian", extent=0.5, points=2)[1]]
+        tensors = _tensors_in(values)
+        assert tensors and all(t.device.type == "cpu" for t in tensors), run
+
+
+def _tensors_in(value) -> list:
+    """Every tensor in ``value``: directly, in a dataclass, a dict, a list or a tuple."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if hasattr(value, "__dataclass_fields__"):
+        value = [getattr(value, name) for name in value.__dataclass_fields__]
+    elif isinstance(value, dict):
+        value = list(value.values())
+    elif not isinstance(value, list | tuple):
+        return []
+    return [t for v in value for t in _tensors_in(v)]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 import yaml
 
 from hesslib import paper
@@ -256,6 +257,15 @@ def test_committed_rendered_notebook_is_the_default_run_of_the_current_source(pa
     outputs = [o for c in rendered.cells for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert paper.notebook_findings(rendered_path), f"{path.name}: rendering has no 'What we found' cell"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_every_notebook_runs_on_a_gpu_cold_and_warm(environment, tmp_path):
+    """device="cuda": nothing the story hands to NumPy or matplotlib may stay on the GPU, whether a value was just
+    computed (an empty cache) or read back from the cache (the second run)."""
+    figures, cache = tmp_path / "figures", tmp_path / "cache"
+    for run in ("cold", "warm"):
+        assert _main(tmp_path / run, figures, cache, "-p", "device", "cuda", "--jobs", "3") == 0, run
 
 
 # ---- (d) bad input fails before any work; an interrupted run leaves nothing and the next one completes -----------
