@@ -362,7 +362,7 @@ class Experiment:
         settings.pop("progress", None)
         return self._cached("online", dict(online_seed=seed, **settings), lambda: run_online_stopping(
             self.data, model=self.model, hidden=self.hidden, channels=self.channels, activation=self.activation,
-            batch_size=self.batch_size,
+            batch_size=self.batch_size, device=self.device,
             seed=seed, progress=self.progress, **settings))
 
     def higher_derivatives(self, directions: Directions, D: int, *, direction_seed: int = 0) -> dict:
@@ -530,8 +530,11 @@ class Experiment:
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
-    """``value`` with every tensor in it (directly, in a dataclass, a dict, a list or a tuple) moved to ``device``."""
-    if isinstance(value, torch.Tensor):
+    """``value`` with its tensors and modules (direct, or in a dataclass, dict, list or tuple) moved to ``device``.
+
+    A module is moved in place.
+    """
+    if isinstance(value, torch.Tensor | torch.nn.Module):
         return value.to(device)
     if is_dataclass(value) and not isinstance(value, type):
         return replace(value, **{f.name: _to_device(getattr(value, f.name), device) for f in fields(value) if f.init})

@@ -71,6 +71,19 @@ def check_positive(name: str, value: Any) -> float:
     return float(value)
 
 
+def check_device(name: str, value: Any) -> Any:
+    """``value`` if it names a torch device this machine has (a CUDA one only where CUDA is available)."""
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ParameterError(name, value, "a torch device such as 'cpu', 'cuda' or 'cuda:1'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ParameterError(name, value, "'cpu' here: this machine has no CUDA device")
+    return value
+
+
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     """``value`` if it is one of ``choices``, else :class:`ParameterError`."""
     if value not in choices:
@@ -231,15 +244,7 @@ def _folder(optional: bool):
 
 
 def _device(name, value, params):
-    import torch
-
-    try:
-        device = torch.device(value)
-    except (RuntimeError, TypeError):
-        raise ParameterError(name, value, "a torch device such as 'cpu', 'cuda' or 'cuda:1'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ParameterError(name, value, "'cpu' here: this machine has no CUDA device")
-    return value
+    return check_device(name, value)
 
 
 def _int_at_least(low: int):

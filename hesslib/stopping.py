@@ -32,6 +32,7 @@ from .estimators import (
 from .hessian import Objective, projected_hessians
 from .losses import Loss, check_loss, per_sample_loss
 from .models import make_model
+from .parameters import check_device
 from .progress import progress_bar
 from .subspace import subspace_losses
 from .training import training_threads
@@ -239,7 +240,7 @@ class OnlineResult:
 
     Attributes:
         K: the sufficient sample size in batches, None if Δ_k never settled.
-        model: the trained model, in evaluation mode.
+        model: the trained model, in evaluation mode, on the run's device.
         ks: the k of each estimate.
         deltas: the Δ_k estimates.
         loss_at_K: L_K, the mean cross-entropy over the first K batches at the weights of the update that made
@@ -284,6 +285,7 @@ def run_online_stopping(
     seed: int = 0,
     monte_carlo_samples: int = 0,
     stop_when_settled: bool = True,
+    device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> OnlineResult:
     """The paper's Algorithm 1: train while revealing batches, and stop once Δ_k has settled below ``tol``.
@@ -313,6 +315,8 @@ def run_online_stopping(
             :class:`OnlineStopping`), and ``K_monte_carlo`` is the rule applied to those.
         stop_when_settled: stop once the rule settles (Algorithm 1); False reveals all batches, so that the rule
             on the closed form and on Monte Carlo can both be read off one run.
+        device: where the model trains and every estimate is computed (the data are moved there once; the
+            mini-batch draws stay on the CPU generator, so a run draws the same mini-batches on every device).
         progress: show a progress bar.
 
     Returns:
@@ -325,24 +329,26 @@ def run_online_stopping(
     N = len(data) // batch_size if max_batches is None else min(max_batches, len(data) // batch_size)
     if N < 2:
         raise ValueError(f"need at least 2 full batches of {batch_size}, the data gives {len(data) // batch_size}")
+    device = torch.device(check_device("device", device))
     start = time.perf_counter()
     net = make_model(model, data.input_shape, data.num_classes, hidden=hidden, channels=channels,
-                     activation=activation, seed=seed)
+                     activation=activation, seed=seed).to(device)
+    X, y = data.X.to(device), data.y.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     monitor = OnlineStopping(D=D, sigma=sigma, tol=tol, patience=patience, formula=formula,
                              monte_carlo_samples=monte_carlo_samples, mc_seed=seed)
-    with training_threads(data.X.device):
+    with training_threads(device):
         bar = progress_bar(range(N), desc="online stopping", unit="batch", enabled=progress)
         for i in bar:
             part = slice(i * batch_size, (i + 1) * batch_size)
-            monitor.add_batch(data.X[part], data.y[part])
+            monitor.add_batch(X[part], y[part])
             seen = (i + 1) * batch_size
             net.train()
             for _ in range(steps_per_batch):
-                idx = torch.randint(0, seen, (batch_size,), generator=generator)
+                idx = torch.randint(0, seen, (batch_size,), generator=generator).to(device)
                 opt.zero_grad(set_to_none=True)
-                per_sample_loss(net(data.X[idx]), data.y[idx], "cross_entropy").mean().backward()
+                per_sample_loss(net(X[idx]), y[idx], "cross_entropy").mean().backward()
                 opt.step()
             net.eval()
             if monitor.num_batches >= 2:

@@ -171,6 +171,8 @@ def test_cached_values_are_moved_to_the_objective_device():
 
     block = _to_device((ParameterBlock("w", (2, 2), slice(0, 4)), torch.ones(1)), torch.device("meta"))  # NamedTuple
     assert type(block[0]) is ParameterBlock and block[0].slice == slice(0, 4) and block[1].is_meta
+    model = _to_device({"model": torch.nn.Linear(2, 1)}, torch.device("meta"))["model"]  # e.g. OnlineResult.model
+    assert next(model.parameters()).is_meta
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
@@ -188,6 +190,8 @@ def test_results_are_on_the_cpu_except_eigenpairs_and_bases(device, tmp_path):
                   exp.surface("hessian", extent=0.5, points=2)[1]]
         tensors = _tensors_in(values)
         assert tensors and all(t.device.type == "cpu" for t in tensors), run
+        online = exp.online_stopping(seed=0, D=2, max_batches=3, steps_per_batch=1)  # trains on the device
+        assert online.ks == [1, 2] and next(online.model.parameters()).device.type == "cpu", run
 
 
 def _tensors_in(value) -> list:
