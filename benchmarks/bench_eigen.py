@@ -27,6 +27,7 @@ import torch
 from adapters import LIBRARIES, Adapter, Outcome, Prepared, Problem, Settings
 
 import hesslib
+from hesslib.parameters import check_device
 
 
 def optional_import(name: str) -> ModuleType | None:
@@ -141,26 +142,37 @@ NOTES = {
 # ---- running ---------------------------------------------------------------------------------------------
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (a no-op on the CPU), so that a timing ends when its work does."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def run_method(method: Method, p: Problem, s: Settings) -> tuple[Outcome, float, float, Prepared]:
     """(outcome, solve seconds, setup seconds, the prepared method) of one seeded run."""
     seed_everything(s.seed)
     gc.collect()
+    synchronize(p.obj.device)
     start = time.perf_counter()
     prepared = method.prepare(p, s)
+    synchronize(p.obj.device)
     setup = time.perf_counter() - start
     seed_everything(s.seed)
     gc.collect()
     start = time.perf_counter()
     outcome = prepared.solve()
+    synchronize(p.obj.device)
     return outcome, time.perf_counter() - start, setup, prepared
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
     fn()  # warm-up
+    synchronize(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -202,6 +214,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eigenthings-m", type=int, default=None,
                         help="Lanczos steps of the 'eigenthings lanczos fixed m' row (default: the m its ladder ends "
                              "at, found in the row's untimed setup)")
+    parser.add_argument("--device", default="cpu",
+                        help="where the data, the model and hesslib's solves live, e.g. cuda (off the CPU only "
+                             "hesslib's rows run: the library adapters are checked on the CPU only)")
     parser.add_argument("--skip", nargs="*", default=[], metavar="ROW",
                         help=f"rows to leave out: {' '.join(m.key for m in methods(1e-4, 1e-6))}")
     args = parser.parse_args(argv)
@@ -211,6 +226,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--power-max-hvps must be >= d")
     if args.eigenthings_m is not None and args.eigenthings_m < args.d:
         parser.error("--eigenthings-m must be >= d")
+    try:
+        check_device("--device", args.device)
+    except ValueError as exc:
+        parser.error(str(exc))
     unknown = set(args.skip) - {m.key for m in methods(1e-4, 1e-6)}
     if unknown:
         parser.error(f"unknown --skip rows: {' '.join(sorted(unknown))}")
@@ -223,9 +242,11 @@ def main(argv: list[str] | None = None) -> None:
     d = args.d
     modules = {key: optional_import(name) for key, (name, _) in LIBRARIES.items()}
 
+    device = torch.device(args.device)
     data = hesslib.load_dataset(args.dataset, limit=args.limit)
     model, record = hesslib.train(args.dataset, model="mlp", limit=args.limit, hidden=(args.hidden, args.hidden))
-    problem = Problem(model, data.X, data.y, args.batch_size)
+    model, X, y = model.to(device), data.X.to(device), data.y.to(device)
+    problem = Problem(model, X, y, args.batch_size)
     obj = problem.obj
     if not 1 <= d < obj.num_params:
         raise SystemExit(f"--d must be in [1, {obj.num_params - 1}]")
@@ -245,12 +266,15 @@ def main(argv: list[str] | None = None) -> None:
           f"{settings.power_max_hvps} HVPs ({settings.power_max_hvps // d} per vector); hesslib Lanczos block size "
           f"{args.block_size or min(d, obj.preferred_block_size)}, products {obj.hvp_method}; seed {args.seed}")
 
-    chosen = [m for m in methods(args.tol, args.power_tol, args.eigenthings_m) if m.key not in args.skip]
+    chosen = [m for m in methods(args.tol, args.power_tol, args.eigenthings_m) if m.key not in args.skip
+              and (m.library == "hesslib" or device.type == "cpu")]
+    if device.type != "cpu":
+        print(f"on {device.type}: hesslib's rows only (the library adapters are checked on the CPU only)")
     available = [m for m in chosen if m.library == "hesslib" or modules[m.library] is not None]
     missing = [m for m in chosen if m not in available]
 
     # warm-up: every method once on a tiny problem (same model, 2 batches), to exclude first-call overheads
-    tiny = Problem(model, data.X[: 2 * args.batch_size], data.y[: 2 * args.batch_size], args.batch_size)
+    tiny = Problem(model, X[: 2 * args.batch_size], y[: 2 * args.batch_size], args.batch_size)
     tiny_settings = Settings(d=min(2, d), seed=args.seed, max_hvps=40, power_max_hvps=20)
     for method in available:
         run_method(method, tiny, tiny_settings)
@@ -268,21 +292,26 @@ def main(argv: list[str] | None = None) -> None:
     print_table(rows, missing, d)
     hvp = hvp_costs(obj, d, args.repeats, args.seed)
     print_ratios(rows, missing)
-    write_results(rows, hvp)
+    write_results(rows, hvp, device)
 
 
-def write_results(rows: list[Row], hvp: dict) -> None:
-    """benchmarks/results/bench_eigen.json: the machine, one row per method, the product's cost."""
+def write_results(rows: list[Row], hvp: dict, device: torch.device) -> None:
+    """benchmarks/results/bench_eigen.json: the machine, one row per method, the product's cost.
+
+    Off the CPU the file is ``bench_eigen_<device type>.json``, and the machine names the device.
+    """
     from hesslib.paper import machine
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    data = {"machine": machine(),
+    results = RESULTS if device.type == "cpu" else RESULTS.with_stem(f"{RESULTS.stem}_{device.type}")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    on = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    data = {"machine": {**machine(), "device": on},
             "rows": [{"method": r.method.label, "key": r.method.key, "tol": r.method.tol, "hvps": int(r.outcome.hvps),
                       "seconds": float(r.seconds), "worst_residual": float(r.worst),
                       "converged": bool(r.outcome.converged)} for r in rows],
             "hvp": hvp}
-    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
-    print(f"\nwritten {RESULTS}")
+    results.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"\nwritten {results}")
 
 
 def print_table(rows: list[Row], missing: list[Method], d: int) -> None:
@@ -322,9 +351,9 @@ def hvp_costs(obj: hesslib.Objective, d: int, repeats: int, seed: int) -> dict:
     generator = torch.Generator().manual_seed(seed)
     V = torch.randn(obj.num_params, d, generator=generator).to(obj.device, obj.dtype)
     columns = [V[:, j].contiguous() for j in range(d)]
-    t_grad = median_seconds(obj.gradient, repeats)
-    t_batched = median_seconds(lambda: obj.hvp(V), repeats)
-    t_single = median_seconds(lambda: [obj.hvp(v) for v in columns], repeats)
+    t_grad = median_seconds(obj.gradient, repeats, obj.device)
+    t_batched = median_seconds(lambda: obj.hvp(V), repeats, obj.device)
+    t_single = median_seconds(lambda: [obj.hvp(v) for v in columns], repeats, obj.device)
     per_vector = t_batched / d / t_grad
     print()
     print(f"One product vs one gradient (median of {repeats} runs after a warm-up):")

@@ -21,6 +21,7 @@ from torch import nn
 
 import hesslib
 from hesslib.paper import machine
+from hesslib.parameters import check_device
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_models.json"
 
@@ -68,7 +69,10 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=4)
     parser.add_argument("--device", default="cpu", help="where the data and the models live, e.g. cpu or cuda")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    try:
+        device = torch.device(check_device("--device", args.device))
+    except ValueError as exc:
+        parser.error(str(exc))
     data = hesslib.load_dataset("mnist5k", limit=4992)
     rows = []
     for name in ("linear", "mlp", "cnn"):

@@ -87,7 +87,9 @@ def update(text: str, name: str, table: str) -> str:
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     if pattern.search(text):
         return pattern.sub(lambda _: block, text)
-    return text.rstrip("\n") + f"\n\n### `{name}.py`: the last run's results\n\n{block}\n"
+    script = next((f"{key}.py --device {name[len(key) + 1:]}" for key in TABLES if name.startswith(f"{key}_")),
+                  f"{name}.py")
+    return text.rstrip("\n") + f"\n\n### `{script}`: the last run's results\n\n{block}\n"
 
 
 def main() -> None:

@@ -5,9 +5,10 @@
 #   here:   bash benchmarks/run_on_gpu.sh --prepare   # .gpu/: the notebook runner's wheels (py3.12) + mnist5k.npz
 #   there:  bash benchmarks/run_on_gpu.sh             # reads .gpu/, writes its results to $OUT (default .gpu/out)
 #
-# There it runs, in order: the tests that are skipped without CUDA; `bench_models.py --device cuda`; the batch
-# pipeline on the MLP and the CNN (`python -m hesslib run`, device: cuda); and the whole paper from an empty cache
-# with `-p device cuda` and a compute log. About 8 minutes on one H200.
+# There it runs, in order: the tests that are skipped without CUDA; `bench_models.py` and `bench_eigen.py`
+# (hesslib's rows) with `--device cuda`; the batch pipeline on the MLP and the CNN (`python -m hesslib run`,
+# device: cuda); and the whole paper from an empty cache with `-p device cuda` and a compute log. About 9 minutes
+# on one H200.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -28,6 +29,8 @@ timeout 300 "$PY" -m pytest -q -p no:cacheprovider tests/test_distributed.py tes
     tests/test_stopping.py tests/test_notebooks.py -k "gpu or cuda" 2>&1 | tail -5
 echo "tests: $((SECONDS - start)) s"
 timeout 120 "$PY" benchmarks/bench_models.py --device cuda --repeat 5 && cp benchmarks/results/bench_models_cuda.json "$OUT/"
+timeout 120 "$PY" benchmarks/bench_eigen.py --device cuda --power-max-hvps 1000 2>&1 | tail -25 \
+    && cp benchmarks/results/bench_eigen_cuda.json "$OUT/"
 for model in mlp cnn; do
     printf 'device: cuda\nmodel: %s\ncache_dir: /tmp/hesslib-gpu-cache\n' "$model" > "/tmp/$model.yaml"
     timeout 120 "$PY" -m hesslib run "/tmp/$model.yaml" --out "/tmp/run-$model" 2>&1 | tail -1
