@@ -152,6 +152,49 @@ def test_jobs_install_in_story_order_and_a_failure_leaves_nothing_of_the_noteboo
     assert capsys.readouterr().err.strip() == "hesslib.paper: --jobs must be an integer >= 1, got 0"
 
 
+# ---- kernels started ahead ---------------------------------------------------------------------------------------
+def _kernels_of(pid: int) -> list[int]:
+    """The live ipykernel processes whose parent is ``pid`` (Linux: read from /proc)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z" and b"ipykernel" in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_kernel_started_ahead_runs_its_notebook_with_its_environment_and_no_trace_of_the_warm_up(project):
+    import papermill as pm
+
+    kernel = paper.NotebookKernel(project, {"HESSLIB_TEST_AHEAD": "ahead"})
+    _write_notebook(project, "01_probe.ipynb", [(
+        "import os, sys\nprint(os.environ['HESSLIB_TEST_AHEAD'], os.getcwd(), 'torch' in sys.modules)", [])])
+    executed = pm.execute_notebook(str(project / "notebooks" / "01_probe.ipynb"), str(project / "out.ipynb"),
+                                   kernel_name="python3", progress_bar=False, km=kernel.manager())
+    km = kernel.manager()
+    kernel.shutdown()
+    paper.wait_for_kernels()
+    cell = executed.cells[0]
+    assert cell.execution_count == 1  # the silent warm-up left no count
+    assert cell.outputs[0]["text"] == f"ahead {project} True\n"  # its environment, the root, the imports done
+    assert not km.is_alive() and not kernel.sockets.exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the processes from /proc")
+def test_a_failure_stops_the_kernel_started_ahead_for_the_next_notebook(project, capsys):
+    _write_notebook(project, "00_tiny.ipynb", [*TINY_NOTEBOOK[:2], ("raise RuntimeError('broken')", [])])
+    _write_notebook(project, "01_next.ipynb", TINY_NOTEBOOK[:2])
+    assert paper.main(["--build", str(project / "build"), "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "00_tiny.ipynb" in out and "01_next.ipynb" not in out
+    assert _kernels_of(os.getpid()) == []
+
+
 # ---- the lock: two runs writing the same folders -----------------------------------------------------------------
 def test_lock_refuses_a_second_holder_and_dies_with_its_process(tmp_path):
     folder = tmp_path / "out"
