@@ -11,7 +11,8 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 # or a YAML file: PARAMS_FILE=my-params.yaml
 PARAMS ?=
 PARAMS_FILE ?=
-# Notebooks run at once, each in its own process (outputs installed in story order), e.g. JOBS=2
+# Notebooks run at once, each in its own process (outputs installed in story order), e.g. JOBS=2: for many cores
+# and a filled cache only (on 2 cores one at a time is faster)
 JOBS ?= 1
 
 .PHONY: all paper test verify lint lab bench clean clean-cache env

@@ -14,16 +14,17 @@ in ``MANIFEST.json`` beside them; the numbers a notebook records with :func:`hes
 
 Notebooks run one at a time, and each one's kernel starts while the notebook before it runs: it is launched in
 a thread with that notebook's environment and runs the imports every notebook begins with, silently (no
-execution count, no output), so the about 3 s of kernel start-up and imports per notebook overlap the work
-before it; finished kernels exit in the background. On 2 cores a second run (everything cached) took 44 s with
-this, 66 s without.
+execution count, no output), so the about 2.5 s of kernel start-up and imports per notebook overlap the work
+before it; finished kernels exit in the background. On 2 cores a second run (everything cached) took 55-61 s with
+this and 73-80 s without, run back to back.
 
 ``--jobs N`` runs up to N notebooks at once, each in a worker process with its own kernel environment; their
 outputs are still installed one notebook at a time in story order, so the files are the same bytes as a run one
 at a time, and a failure leaves the notebooks before it in place and nothing of those after it. Its workers start
 their kernels when their notebook's turn comes, and their torch threads compete for the cores: on 2 cores a
-second run took 62 s with 2 jobs, against 44 s one at a time, and an empty-cache run with 2 jobs is many times
-slower (notebook 00 took 142 s, not 14 s). It is meant for machines with many more cores than one kernel uses.
+second run took 62 s with 2 jobs, and 44-55 s one at a time in the same hour; an empty-cache run with 2 jobs is
+many times slower (notebook 00 took 142 s, not 14 s). It is meant for machines with many more cores than one
+kernel uses.
 
 A default run (no parameters) also writes every executed notebook, without its volatile metadata, to
 ``notebooks/rendered/`` (so the repository host shows the paper with its outputs) and a paper page,
