@@ -158,7 +158,7 @@ class NotebookKernel:
 
     It gets that notebook's environment, runs from the repository root and talks over IPC sockets in a temporary
     folder (no unencrypted-TCP warning, nothing in the project). Once it is up it runs :data:`KERNEL_WARM_UP`
-    silently (no execution count, no output), so a kernel started ahead spares its notebook about 3 s of start-up
+    silently (no execution count, no output), so a kernel started ahead spares its notebook about 2.5 s of start-up
     and imports.
 
     ``manager()`` waits for the start and returns the ``KernelManager`` for papermill (``km=``); its clients are
