@@ -137,15 +137,19 @@ def unknown_parameters(given: dict[str, str], declared: dict[str, set[str]]) -> 
 KERNEL_WARM_UP = "import matplotlib.pyplot, numpy, torch, hesslib, hesslib.plots"
 
 
+def _logs(nb: Path, out_dir: Path) -> tuple[Path, Path]:
+    """Where a notebook's kernel logs the figures it saves and the numbers it records."""
+    return tuple((out_dir / f".{nb.stem}.{kind}.jsonl").resolve() for kind in ("figures", "results"))
+
+
 def notebook_environment(nb: Path, out_dir: Path, staging: Path | None) -> dict[str, str]:
     """The variables a notebook's kernel gets on top of the runner's.
 
-    Where it logs its figures and numbers (fresh files, ``BUILD/.<stem>.figures.jsonl`` and ``.results.jsonl``)
-    and, with ``staging``, where its figures wait.
+    Where it logs its figures and numbers (:func:`_logs`, fresh files) and, with ``staging``, where its figures
+    wait.
     """
     env = {}
-    for name, suffix in ((FIGURE_LOG_ENV, "figures"), (RESULTS_LOG_ENV, "results")):
-        log = (out_dir / f".{nb.stem}.{suffix}.jsonl").resolve()
+    for name, log in zip((FIGURE_LOG_ENV, RESULTS_LOG_ENV), _logs(nb, out_dir), strict=True):
         log.unlink(missing_ok=True)
         env[name] = str(log)
     if staging is not None:
@@ -256,8 +260,7 @@ def run_notebook(nb: Path, out_dir: Path, params: dict, *, progress: bool = True
         shutil.rmtree(staging, ignore_errors=True)
     if kernel is None:
         kernel = NotebookKernel(root, notebook_environment(nb, out_dir, staging))
-    figure_log = out_dir / f".{nb.stem}.figures.jsonl"
-    results_log = out_dir / f".{nb.stem}.results.jsonl"
+    figure_log, results_log = _logs(nb, out_dir)
     succeeded = False
     try:
         pm.execute_notebook(str(nb), str(tmp), parameters=used, cwd=str(root), kernel_name="python3",
@@ -825,7 +828,7 @@ def _install_in_order(todo: list[Path], futures: list | None, declared: dict[Pat
                     return None
                 executed, figures, results, ran = outcome
                 install_figures(figures)
-                shutil.rmtree(out_dir / ".staging" / nb.stem, ignore_errors=True)
+                shutil.rmtree(staging / nb.stem, ignore_errors=True)
             used = declared[nb] | {k: v for k, v in params.items() if k in declared[nb]}
             if render is None:
                 render_html(executed, out_dir)
