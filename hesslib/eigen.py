@@ -180,19 +180,40 @@ def _random(op: Operator, shape: tuple[int, ...], generator: torch.Generator) ->
 
 
 def _orthonormalize(V: torch.Tensor, Q: torch.Tensor | None, op: Operator, generator: torch.Generator) -> torch.Tensor:
-    """Columns of V made orthonormal and orthogonal to Q (CGS2 + QR); (near-)dependent ones replaced by random."""
+    """Columns of V made orthonormal and orthogonal to Q (CGS + QR, twice where needed), dependent ones random.
+
+    A second pass is skipped when the first lost little: if the columns' norms before the pass scale R (the
+    QR's triangle) to a matrix whose smallest singular value is ≥ 1/2 (for one vector: it kept half its norm, the
+    Daniel–Gragg–Kaufman–Stewart criterion), the rounding left along Q grows at most twofold and the result is
+    orthogonal to working precision. Residual blocks, already orthogonal to Q in exact arithmetic, pass in one;
+    every pass reads all of Q twice.
+    """
+    rows = V.T  # one vector per row, as the bases are stored: the skinny products run fastest that way
+    basis = Q.T if Q is not None and Q.shape[1] else None
     for _ in range(2):
-        if Q is not None and Q.shape[1]:
-            V = V - Q @ (Q.T @ V)
-        norms = V.norm(dim=0)
+        before = rows.norm(dim=1)
+        if basis is not None:
+            rows = torch.addmm(rows, rows @ basis.T, basis, alpha=-1)
+        norms = rows.norm(dim=1)
         scale = norms.max().clamp_min(torch.finfo(V.dtype).tiny)
         weak = norms < 1e3 * torch.finfo(V.dtype).eps * scale
         if weak.any():
-            V[:, weak] = _random(op, (V.shape[0], int(weak.sum())), generator)
-            if Q is not None and Q.shape[1]:
-                V = V - Q @ (Q.T @ V)
-        V = torch.linalg.qr(V)[0]
-    return V
+            rows = rows.clone()
+            rows[weak] = _random(op, (V.shape[0], int(weak.sum())), generator).T
+            if basis is not None:
+                rows = torch.addmm(rows, rows @ basis.T, basis, alpha=-1)
+        factor, triangle = torch.linalg.qr(rows.T)  # rows.T is column-major, as LAPACK wants it
+        rows = factor.T
+        if not weak.any() and torch.linalg.svdvals(triangle / before).min() >= 0.5:
+            break
+    return rows.T
+
+
+def _rotate_rows(Y: torch.Tensor, B: torch.Tensor, n: int, chunk: int = 1 << 16) -> None:
+    """B[:j] = Yᵀ B[:n] in place for Y [n, j], j ≤ n, one slice of columns at a time (no [j, M] temporary)."""
+    for start in range(0, B.shape[1], chunk):
+        columns = slice(start, start + chunk)
+        B[: Y.shape[1], columns] = Y.T @ B[:n, columns]
 
 
 def _block_lanczos(op, d, b, m_max, tol, max_hvps, generator, init, progress) -> EigenResult:
@@ -200,12 +221,12 @@ def _block_lanczos(op, d, b, m_max, tol, max_hvps, generator, init, progress) ->
 
     Q [M, m] is the orthonormal basis, T = QᵀHQ, F [M, r] the next block (orthonormal, ⟂ Q) and S [r, m]. Each
     step multiplies the block, H F, appends it to Q and finds the next F from the part of H F outside the basis
-    (two Gram–Schmidt passes). The residual of a Ritz pair (θ, Qy) is ‖HQy − θQy‖ = ‖Sy‖, so convergence is
-    checked without touching the basis; the residuals are then recomputed explicitly from the stored products HQ
-    before the pairs are returned (and the iteration goes on should rounding make them miss ``tol``). The basis
-    and its products are stored one vector per row, where the skinny products Qᵀ W run fastest (5x on the
-    paper's MLP against one vector per column). A warm start (``init``) puts its leading b columns in the first
-    block.
+    (Gram–Schmidt, a second pass only where the first lost too much: :func:`_orthonormalize`). The residual of a
+    Ritz pair (θ, Qy) is ‖HQy − θQy‖ = ‖Sy‖, so convergence is checked without touching the basis; the residuals
+    are then recomputed explicitly from the stored products HQ before the pairs are returned (and the iteration
+    goes on should rounding make them miss ``tol``). The basis and its products are stored one vector per row,
+    where the skinny products Qᵀ W run fastest (5x on the paper's MLP against one vector per column). A warm
+    start (``init``) puts its leading b columns in the first block.
     """
     M, dtype, device = op.num_params, op.dtype, op.device
     width = b
@@ -231,20 +252,14 @@ def _block_lanczos(op, d, b, m_max, tol, max_hvps, generator, init, progress) ->
         coefficients = Q[:m] @ W.T  # [m, r]: the new columns of T = QᵀHQ
         T[:m, m - r:m] = coefficients.double()
         T[m - r:m, :m - r] = T[:m - r, m - r:m].T
-        Z1 = W - coefficients.T @ Q[:m]  # the part of H F outside the basis, then a second pass for stability
-        Z = Z1 - (Z1 @ Q[:m].T) @ Q[:m]
+        Z = torch.addmm(W, coefficients.T, Q[:m], alpha=-1)  # the part of H F outside the basis (one CGS pass)
         S_next = torch.zeros(r, m, dtype=torch.float64, device=device)
         if m < M:
-            # a single vector that kept at least half its norm in the second pass is orthogonal to the basis to
-            # working precision (the Daniel-Gragg-Kaufman-Stewart criterion), so it is only normalised; otherwise
-            # (and for blocks) two more passes, with random vectors for lost ones. Every pass reads the whole basis:
-            # on the paper's MLP at d = 32 the two passes saved take a third of the time of a product.
-            norm = Z.norm() if r == 1 else None
-            if norm is not None and 0 < norm and 2 * norm >= Z1.norm():
-                F = Z / norm
-            else:
-                F = _orthonormalize(Z.T, Q[:m].T, op, generator).T[: min(r, M - m)].contiguous()
-            S_next[: F.shape[0], m - r:] = (F @ Z.T).double()  # Z = Fᵀ S on the new block's columns
+            # a second pass where the first lost too much (for one vector: under half its norm, the
+            # Daniel-Gragg-Kaufman-Stewart criterion), random vectors for lost ones; every pass reads the whole
+            # basis twice
+            F = _orthonormalize(Z.T, Q[:m].T, op, generator).T[: min(r, M - m)].contiguous()
+            S_next[: F.shape[0], m - r:] = (F @ Z.T).double()  # Z = Fᵀ S on the new block's columns (F ⟂ Q)
         S = S_next
         theta, Y = torch.linalg.eigh(0.5 * (T[:m, :m] + T[:m, :m].T))
         order = torch.argsort(theta, descending=True)
@@ -267,7 +282,8 @@ def _block_lanczos(op, d, b, m_max, tol, max_hvps, generator, init, progress) ->
             # against 131 in 17.0 s)
             keep = max(d, min(m - b, d + (m_max - d) // 2))
             Yk = Y[:, :keep].to(dtype)
-            Q[:keep], HQ[:keep] = Yk.T @ Q[:m], Yk.T @ HQ[:m]
+            _rotate_rows(Yk, Q, m)
+            _rotate_rows(Yk, HQ, m)
             T[:keep, :keep] = torch.diag(theta[:keep])
             S = S @ Y[:, :keep]
             m = keep
@@ -308,9 +324,9 @@ def _block_davidson(op, d, b, m_max, tol, max_hvps, generator, init, progress) -
         theta, Y = torch.linalg.eigh(0.5 * (G[:n, :n] + G[:n, :n].T))
         order = torch.argsort(theta, descending=True)
         theta, Y = theta[order], Y[:, order]
-        Yd = Y[:, :d].to(dtype)
-        U = Yd.T @ V[:n]  # [d, M] Ritz vectors
-        R = Yd.T @ W[:n] - theta[:d, None].to(dtype) * U  # their residuals H u − θ u
+        Yd = Y[:, :d]
+        # the residuals H u − θ u of the Ritz vectors u = Vᵀ y, without forming u (one pass over V and W each)
+        R = torch.addmm(Yd.T.to(dtype) @ W[:n], (Yd * theta[:d]).T.to(dtype), V[:n], alpha=-1)
         scale = theta[:d].abs().clamp_min(torch.finfo(torch.float64).tiny)
         residuals = R.norm(dim=1).double() / scale
         bar.set_postfix(residual=f"{residuals.max().item():.1e}")
@@ -318,11 +334,13 @@ def _block_davidson(op, d, b, m_max, tol, max_hvps, generator, init, progress) -
         done = len(unconverged) == 0 or n == M
         if done or hvps + len(unconverged) > max_hvps:
             bar.close()
+            U = Yd.T.to(dtype) @ V[:n]  # [d, M] Ritz vectors
             return EigenResult(theta[:d].to(dtype), U.T.contiguous(), residuals.to(dtype), hvps, done, "davidson")
         if n + len(unconverged) > m_max:  # thick restart: keep the best Ritz vectors and their products
             keep = max(d, min(n - len(unconverged), m_max - b))
             Yk = Y[:, :keep].to(dtype)
-            V[:keep], W[:keep] = Yk.T @ V[:n], Yk.T @ W[:n]
+            _rotate_rows(Yk, V, n)
+            _rotate_rows(Yk, W, n)
             G[:keep, :keep] = torch.diag(theta[:keep])
             n = keep
         new = _orthonormalize(R[unconverged].T, V[:n].T, op, generator)[:, : M - n].T.contiguous()
@@ -412,36 +430,42 @@ def _running_mean(term, mean, K, d, b, m_max, tol, max_hvps, seed, init, first, 
         j = min(d, init.shape[1])
         start[:, :j] = init[:, :j].to(device, dtype)
     new = _orthonormalize(start, None, first, generator).T.contiguous()
+    S = torch.zeros(capacity, capacity, dtype=torch.float64, device=device)  # V Aᵀ = k V H_k Vᵀ
     n = 0
     for k in range(1, K + 1):
         units = n
         if n:
             A[:n] += term(k).hvp(V[:n].T).T
+            S[:n, :n] = (V[:n] @ A[:n].T).double()
         operator, spent = mean(k), 0
         while True:
             if new is not None:
                 r = new.shape[0]
                 V[n:n + r], A[n:n + r] = new, operator.hvp(new.T).T * k
+                S[:n + r, n:n + r] = (V[:n + r] @ A[n:n + r].T).double()  # only the new columns
+                S[n:n + r, :n] = S[:n, n:n + r].T
                 n, spent, units, new = n + r, spent + r, units + k * r, None
-            G = (V[:n] @ A[:n].T).double() / k
-            theta, Y = torch.linalg.eigh(0.5 * (G + G.T))
+            theta, Y = torch.linalg.eigh(0.5 * (S[:n, :n] + S[:n, :n].T) / k)
             order = torch.argsort(theta, descending=True)
             theta, Y = theta[order], Y[:, order]
-            Yd = Y[:, :d].to(dtype)
-            U = Yd.T @ V[:n]  # [d, M] Ritz vectors of H_k
-            R = (Yd.T @ A[:n]) / k - theta[:d, None].to(dtype) * U  # their residuals H_k u − θ u
+            Yd = Y[:, :d]
+            # the residuals H_k u − θ u of the Ritz vectors u = Vᵀ y of H_k, without forming u
+            R = torch.addmm((Yd / k).T.to(dtype) @ A[:n], (Yd * theta[:d]).T.to(dtype), V[:n], alpha=-1)
             scale = theta[:d].abs().clamp_min(torch.finfo(torch.float64).tiny)
             residuals = R.norm(dim=1).double() / scale
             unconverged = torch.nonzero(residuals >= tol).flatten()[:b]
             done = len(unconverged) == 0 or n == M
             if done or spent + len(unconverged) > max_hvps:
+                U = Yd.T.to(dtype) @ V[:n]  # [d, M] Ritz vectors of H_k
                 yield EigenResult(theta[:d].to(dtype), U.T.contiguous(), residuals.to(dtype), units, done,
                                   "running_mean")
                 break
             if n + len(unconverged) > m_max:  # thick restart: the best Ritz vectors and their sums
                 keep = max(d, min(n - len(unconverged), m_max - b))
                 Yk = Y[:, :keep].to(dtype)
-                V[:keep], A[:keep] = Yk.T @ V[:n], Yk.T @ A[:n]
+                _rotate_rows(Yk, V, n)
+                _rotate_rows(Yk, A, n)
+                S[:keep, :keep] = torch.diag(theta[:keep] * k)
                 n = keep
             new = _orthonormalize(R[unconverged].T, V[:n].T, operator, generator)[:, : M - n].T.contiguous()
 

@@ -229,6 +229,44 @@ def test_running_mean_eigenpairs_match_eigh_of_every_mean(block_size, max_basis)
     assert len(capped) == len(terms) and not any(r.converged for r in capped)
 
 
+@pytest.mark.parametrize("case", ["orthogonal", "mostly_in_the_basis", "nearly_dependent", "dependent", "no_basis"])
+def test_orthonormalize_is_orthonormal_and_orthogonal_to_the_basis_when_it_skips_a_pass(case):
+    """One Gram–Schmidt pass where it suffices, two where cancellation needs them; dependent columns replaced."""
+    from hesslib.eigen import _orthonormalize
+
+    M, n, r = 400, 30, 5
+    rng = torch.Generator().manual_seed(1)
+    Q = torch.linalg.qr(torch.randn(M, n, generator=rng, dtype=F64))[0]
+    V = torch.randn(M, r, generator=rng, dtype=F64)
+    V -= Q @ (Q.T @ V)  # a residual block: orthogonal to Q in exact arithmetic
+    if case == "mostly_in_the_basis":  # 1 − 1e-9 of the norm along Q: one pass leaves ~1e-7 there
+        V = 1e-9 * V + Q @ torch.randn(n, r, generator=rng, dtype=F64)
+    elif case == "nearly_dependent":  # column 1 ≈ column 0: the QR's triangle is near-singular
+        V[:, 1] = V[:, 0] + 1e-9 * V[:, 1]
+    elif case == "dependent":
+        V[:, 2] = 0.0
+    qr_calls = []
+    original = torch.linalg.qr
+
+    def counted(*args, **kwargs):
+        qr_calls.append(1)
+        return original(*args, **kwargs)
+
+    torch.linalg.qr = counted
+    try:
+        out = _orthonormalize(V.clone(), None if case == "no_basis" else Q, DenseOperator(torch.eye(M, dtype=F64)),
+                              torch.Generator().manual_seed(0))
+    finally:
+        torch.linalg.qr = original
+    assert out.shape == (M, r)
+    torch.testing.assert_close(out.T @ out, torch.eye(r, dtype=F64), rtol=0, atol=1e-13)
+    if case != "no_basis":
+        assert (Q.T @ out).abs().max() < 1e-13
+    assert len(qr_calls) == (1 if case in ("orthogonal", "no_basis") else 2)
+    if case in ("orthogonal", "no_basis"):  # the span is kept: out = V R⁻¹
+        assert (V - out @ (out.T @ V)).norm() < 1e-12 * V.norm()
+
+
 def test_running_mean_eigenpairs_check_their_arguments_before_any_product():
     from hesslib.eigen import running_mean_eigenpairs
 
