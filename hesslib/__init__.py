@@ -11,7 +11,7 @@ Table 1) and stopping (the online rule) -> parameters (checked before any work) 
 and helpers stay in their modules.
 """
 
-__version__ = "0.3.3"
+__version__ = "0.3.4"
 
 from .data import load_dataset  # noqa: E402
 from .diagnostics import activation_switches, quadratic_slices, tail_share  # noqa: E402
