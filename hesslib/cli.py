@@ -123,7 +123,7 @@ def _trained_model(config: dict, rank: int, world: int, device: str) -> tuple[to
 def run(config: dict, out: Path) -> dict:
     """Run the pipeline for ``config`` (see the module docstring); returns the results (written by rank 0)."""
     from .data import load_dataset
-    from .eigen import canonical_signs, top_eigenpairs
+    from .eigen import top_eigenpairs
     from .hessian import Objective, projected_hessians
     from .subspace import random_directions
 
@@ -140,7 +140,7 @@ def run(config: dict, out: Path) -> dict:
     eig = None
     if config["directions"] == "hessian":
         eig = top_eigenpairs(objective, config["D"], tol=config["eig_tol"], progress=main)
-        P = canonical_signs(eig.eigenvectors)  # rounding (e.g. the world size) must not flip the θ draws' meaning
+        P = eig.eigenvectors  # with canonical signs: rounding (e.g. the world size) does not flip the θ draws
     else:
         P = random_directions(objective, config["D"], seed=config["seed"],
                               orthonormalize=config["directions"] == "random_orthonormal")

@@ -114,7 +114,10 @@ def top_eigenpairs(
         progress: show a progress bar.
 
     Returns:
-        An :class:`EigenResult` with eigenvalues [d] in descending order and eigenvectors [M, d].
+        An :class:`EigenResult` with eigenvalues [d] in descending order and eigenvectors [M, d], each with its
+        canonical sign (:func:`canonical_signs`): an eigenvector's sign is arbitrary, and without this any change
+        of rounding (a solver's algebra, the world size, the device) could flip it and with it every θ draw
+        along it.
 
     Raises:
         TypeError: if ``operator`` lacks a member of the :class:`~hesslib.operators.Operator` protocol.
@@ -134,7 +137,7 @@ def top_eigenpairs(
     max_hvps = _check_solve(M, d, tol, max_hvps, init)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     if method == "power":
-        return _power(operator, d, tol, max_hvps, generator, init, progress)
+        return _with_canonical_signs(_power(operator, d, tol, max_hvps, generator, init, progress))
     preferred = getattr(operator, "preferred_block_size", 4)
     if init is not None:  # a warm start is used whole: it fills the first block
         preferred = max(preferred, init.shape[1])
@@ -146,7 +149,13 @@ def top_eigenpairs(
     if m_max < d + b and m_max < M:
         raise ValueError(f"max_basis must be >= d + block_size = {d + b}, got {m_max}")
     solver = _block_lanczos if method == "lanczos" else _block_davidson
-    return solver(operator, d, b, m_max, tol, max_hvps, generator, init, progress)
+    return _with_canonical_signs(solver(operator, d, b, m_max, tol, max_hvps, generator, init, progress))
+
+
+def _with_canonical_signs(result: EigenResult) -> EigenResult:
+    """``result`` with its eigenvectors' signs made canonical (:func:`canonical_signs`)."""
+    result.eigenvectors = canonical_signs(result.eigenvectors)
+    return result
 
 
 def canonical_signs(vectors: torch.Tensor, *, seed: int = 0) -> torch.Tensor:

@@ -80,6 +80,24 @@ def test_top_eigenpairs_match_eigh(kind, method):
     assert result.residuals.max() < (1e-8 if method == "power" else 1e-10) and result.num_hvps > 0
 
 
+@pytest.mark.parametrize("method", ["lanczos", "davidson", "power"])
+def test_top_eigenpairs_signs_do_not_depend_on_the_solver_path(method):
+    """Every solve returns the canonical sign of each eigenvector, whatever its seed, block size or method."""
+    from hesslib.eigen import canonical_signs
+
+    M, d = 60, 4
+    rng = np.random.default_rng(3)
+    Q = np.linalg.qr(rng.standard_normal((M, M)))[0]
+    op = DenseOperator(torch.from_numpy(Q @ np.diag(np.linspace(10.0, 0.1, M)) @ Q.T))
+    runs = [top_eigenpairs(op, d, method=method, tol=1e-11, seed=seed, block_size=block, max_hvps=50_000)
+            for seed, block in ((0, None), (1, 1), (2, 2), (5, 3))]
+    reference = runs[0].eigenvectors
+    torch.testing.assert_close(reference, canonical_signs(reference), rtol=0, atol=0)
+    for result in runs[1:]:
+        assert result.converged
+        torch.testing.assert_close(result.eigenvectors, reference, rtol=0, atol=1e-8)
+
+
 def test_lanczos_needs_far_fewer_products_than_power():
     # a spectrum with slow geometric decay: power iteration pays for every small gap
     rng = np.random.default_rng(0)
