@@ -663,6 +663,7 @@ def projected_hessians(objective: Objective, P: torch.Tensor, *, memory_mb: floa
         mask[n:] = 0
     X, y, mask = X.reshape(N, B, *X.shape[1:]), y.reshape(N, B, *y.shape[1:]), mask.reshape(N, B)
     w = obj.params
+    directions = P.T.contiguous()  # one direction per row: a strided tangent makes every split of it a slow copy
 
     def batch_terms(Xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor):
         def loss_fn(w_: torch.Tensor) -> torch.Tensor:
@@ -671,7 +672,7 @@ def projected_hessians(objective: Objective, P: torch.Tensor, *, memory_mb: floa
         def grad_and_hvp(v: torch.Tensor):
             return jvp(grad(loss_fn), (w,), (v,))
 
-        g, HP = vmap(grad_and_hvp)(P.T)  # g: [D, M] (D identical copies), HP: [D, M] = (∇²ℓ_i P)ᵀ
+        g, HP = vmap(grad_and_hvp)(directions)  # g: [D, M] (D identical copies), HP: [D, M] = (∇²ℓ_i P)ᵀ
         return loss_fn(w), P.T @ g[0], HP @ P
 
     bytes_per_batch = 3 * D * M * P.element_size() + B * X[0, 0].numel() * D * 64
