@@ -142,14 +142,21 @@ def subspace_losses(
     else:
         losses_of_chunk = vmap(restricted.per_sample_losses, in_dims=(0, None, None))
     chunks = [slice(start, min(start + per_chunk, T)) for start in range(0, T, per_chunk)]
-    # precomputed features are the costly part of a data part, so parts go outside; otherwise θ chunks do, and the
-    # batched path builds each chunk's weights w* + Pθ once (with D = 256 they read all of P, 275 MB on the MLP)
-    order = ([(part, rows_t) for part in parts for rows_t in chunks] if restricted.precomputed
-             else [(part, rows_t) for rows_t in chunks for part in parts])
+    # precomputed features are the costly part of a data part: where every part's fit the budget together they are
+    # made once and θ chunks go outside, so the batched path builds each chunk's weights w* + Pθ once; otherwise
+    # parts go outside. Without precomputed features θ chunks go outside too (with D = 256 the weights read all of
+    # P, 275 MB on the MLP)
+    kept = (not restricted.precomputed or
+            (P.shape[1] + 1) * (local.stop - local.start) * restricted.feature_numel * element <= budget)
+    order = ([(part, rows_t) for rows_t in chunks for part in parts] if kept
+             else [(part, rows_t) for part in parts for rows_t in chunks])
+    made = {part.start: restricted.features(objective.X[part]) for part in parts} if kept else {}
     features = weights = None
     bar = progress_bar(total=T * len(parts), desc="subspace losses", unit="θ·part", enabled=progress)
     for i, (part, rows_t) in enumerate(order):
-        if i == 0 or part != order[i - 1][0]:
+        if kept:
+            features = made[part.start]
+        elif i == 0 or part != order[i - 1][0]:
             features = restricted.features(objective.X[part])
         y, index = objective.y[part], objective.batch_index[part]
         if restricted.batched:
