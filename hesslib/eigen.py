@@ -263,10 +263,7 @@ def _block_lanczos(op, d, b, m_max, tol, max_hvps, generator, init, progress) ->
         T[m - r:m, :m - r] = T[:m - r, m - r:m].T
         Z = torch.addmm(W, coefficients.T, Q[:m], alpha=-1)  # the part of H F outside the basis (one CGS pass)
         S_next = torch.zeros(r, m, dtype=torch.float64, device=device)
-        if m < M:
-            # a second pass where the first lost too much (for one vector: under half its norm, the
-            # Daniel-Gragg-Kaufman-Stewart criterion), random vectors for lost ones; every pass reads the whole
-            # basis twice
+        if m < M:  # a second pass only where this one lost too much (see _orthonormalize)
             F = _orthonormalize(Z.T, Q[:m].T, op, generator).T[: min(r, M - m)].contiguous()
             S_next[: F.shape[0], m - r:] = (F @ Z.T).double()  # Z = Fᵀ S on the new block's columns (F ⟂ Q)
         S = S_next

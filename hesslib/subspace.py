@@ -146,16 +146,16 @@ def subspace_losses(
     # made once and θ chunks go outside, so the batched path builds each chunk's weights w* + Pθ once; otherwise
     # parts go outside. Without precomputed features θ chunks go outside too (with D = 256 the weights read all of
     # P, 275 MB on the MLP)
-    kept = (not restricted.precomputed or
-            (P.shape[1] + 1) * (local.stop - local.start) * restricted.feature_numel * element <= budget)
-    order = ([(part, rows_t) for rows_t in chunks for part in parts] if kept
+    all_parts = (not restricted.precomputed or
+                 (P.shape[1] + 1) * (local.stop - local.start) * restricted.feature_numel * element <= budget)
+    order = ([(part, rows_t) for rows_t in chunks for part in parts] if all_parts
              else [(part, rows_t) for part in parts for rows_t in chunks])
-    made = {part.start: restricted.features(objective.X[part]) for part in parts} if kept else {}
+    part_features = {part.start: restricted.features(objective.X[part]) for part in parts} if all_parts else {}
     features = weights = None
     bar = progress_bar(total=T * len(parts), desc="subspace losses", unit="θ·part", enabled=progress)
     for i, (part, rows_t) in enumerate(order):
-        if kept:
-            features = made[part.start]
+        if all_parts:
+            features = part_features[part.start]
         elif i == 0 or part != order[i - 1][0]:
             features = restricted.features(objective.X[part])
         y, index = objective.y[part], objective.batch_index[part]
