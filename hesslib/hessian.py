@@ -24,6 +24,14 @@ from .models import Conv2d
 from .operators import check_block, check_vector
 from .progress import progress_bar
 
+if torch.distributed.is_available():
+    # torch.distributed.nn.functional binds the default process group as a default argument when it is first
+    # imported, and torch.func's first gradient imports it (through torch._dynamo). Imported after
+    # init_process_group, it keeps the group alive past destroy_process_group: gloo's threads then outlive it and
+    # are torn down while the interpreter exits, which sometimes aborts ("terminate called without an active
+    # exception"). Imported here, before a program creates its group, it binds None.
+    import torch.distributed.nn.functional  # noqa: F401
+
 # The most MiB of activations (per sample × samples of a chunk × vectors of a block) one pass may hold: small on
 # the CPU, where memory-bound kernels want their data in the caches and each tensor below malloc's 32 MiB mmap
 # threshold (above it, every new tensor is fresh memory from the system: the paper's CNN's products ran 1.9x slower

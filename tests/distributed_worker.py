@@ -6,7 +6,9 @@ Usage: python tests/distributed_worker.py RANK WORLD_SIZE INIT_FILE OUT_FILE   (
 
 from __future__ import annotations
 
+import faulthandler
 import sys
+from pathlib import Path
 
 import torch
 
@@ -54,14 +56,26 @@ def results(distributed: bool) -> dict:
     }
 
 
+def gloo_threads() -> list[str]:
+    """The names of this process's threads that belong to gloo (Linux names them; elsewhere none are found)."""
+    tasks = Path("/proc/self/task")
+    names = [(task / "comm").read_text().strip() for task in tasks.iterdir()] if tasks.is_dir() else []
+    return [name for name in names if "gloo" in name]
+
+
 if __name__ == "__main__":
+    faulthandler.enable()  # an abort prints every thread's Python stack into the test's log
     rank, world, init_file, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
     if world > 1:
         torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                                              world_size=world)
     torch.save(results(distributed=world > 1), out)
     if world > 1:
-        # every rank has finished before any tears gloo down (a rank exiting while another was still in its
-        # teardown once ended in "terminate called without an active exception" on a loaded 2-core machine)
-        torch.distributed.barrier()
+        torch.distributed.barrier()  # every rank has finished before any tears gloo down
         torch.distributed.destroy_process_group()
+        # the group is gone now, not at interpreter exit: a group that outlived destroy_process_group (held by
+        # torch.distributed.nn.functional's defaults, see hesslib/hessian.py) was torn down while the
+        # interpreter exited and sometimes aborted there ("terminate called without an active exception")
+        left = gloo_threads()
+        if left:
+            sys.exit(f"rank {rank}: gloo threads outlived destroy_process_group: {left}")
